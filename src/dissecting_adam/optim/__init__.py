@@ -1,0 +1,18 @@
+"""Optimizers of "Dissecting Adam" (Balles & Hennig, ICML 2018).
+
+``MSGD``, ``MSSD``, ``MSVAG`` and ``SVAG`` are ``torch.optim.Optimizer``
+subclasses; SGD and SSD are ``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam
+arm of the paper is ``torch.optim.Adam`` with its defaults. The functional
+cores (``msgd`` ...) update lists of tensors in place; ``reference`` holds the
+literal, slow implementations the fast ones are tested against.
+"""
+
+from ._engine import rho
+from .msgd import MSGD, msgd
+from .mssd import MSSD, mssd
+from .msvag import MSVAG, msvag
+from .svag import SVAG, svag
+
+OPTIMIZERS = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+
+__all__ = ["MSGD", "MSSD", "MSVAG", "SVAG", "OPTIMIZERS", "msgd", "mssd", "msvag", "svag", "rho"]

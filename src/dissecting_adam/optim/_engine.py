@@ -1,0 +1,262 @@
+"""Shared functional core of M-SGD, M-SSD, M-SVAG and SVAG.
+
+All four methods keep the same moving averages (paper Eq. 4-5, one beta):
+
+    m~ <- beta m~ + (1 - beta) g,   v~ <- beta v~ + (1 - beta) g^2,
+    c  = 1 / (1 - beta^(t+1))       (bias correction: m = c m~, v = c v~).
+
+M-SVAG's and SVAG's factor gamma = m^2 / (m^2 + kappa s) with
+s = (v - m^2) / (1 - rho) (kappa = rho for M-SVAG, 1 for SVAG) is evaluated in
+the algebraically equal form that needs no extra buffer:
+
+    a = c m~^2,   den = a + lam (v~ - a),   gamma = a / den,
+    lam = kappa / (1 - rho)  (and lam = 0 at t = 0, where s = 0).
+
+Since v~ >= c m~^2 in exact arithmetic, den >= a >= 0 and gamma lies in
+[0, 1]. Where round-off gives den <= a (zero variance) gamma is 1, which is
+the paper's clip; where m~ = 0 the update is 0 whatever gamma is, so the
+paper's 0/0 case (m = v = 0) leaves the coordinate where it is. There is no
+epsilon.
+
+Three implementations of the same maths, all tested against
+``reference.py``: a per-tensor loop (``foreach=False``), the multi-tensor
+``torch._foreach_*`` path (the default) and a single-pass fused path
+(``fused=True``: a C kernel on the CPU, ``torch.compile`` on other devices).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+METHODS = ("msgd", "mssd", "msvag", "svag")
+_USES_V = ("msvag", "svag")
+
+
+def rho(beta: float, t: int) -> float:
+    """rho(beta, t) of paper Eq. 21: the variance-reduction factor of the bias-corrected average.
+
+    rho = (1 - beta)(1 + beta^(t+1)) / ((1 + beta)(1 - beta^(t+1))); it is 1 at
+    t = 0 (one sample) and tends to (1 - beta) / (1 + beta).
+    """
+    if beta == 0.0:
+        return 1.0
+    bt = beta ** (t + 1)
+    return (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt))
+
+
+def coefficients(method: str, lr: float, beta: float, t: int) -> tuple[float, float, float]:
+    """Per-step scalars (lr_eff, c, lam) of the update at step t (0-based)."""
+    c = 1.0 / (1.0 - beta ** (t + 1)) if beta > 0.0 else 1.0
+    lam = 0.0
+    if method in _USES_V and t > 0:
+        r = rho(beta, t)
+        lam = (r if method == "msvag" else 1.0) / (1.0 - r)
+    lr_eff = lr * c if method in ("msgd", "msvag") else lr
+    return lr_eff, c, lam
+
+
+# --------------------------------------------------------------------------- per tensor
+
+
+def _single_tensor(
+    method: str, p: Tensor, g: Tensor, m: Tensor | None, v: Tensor | None,
+    beta: float, lr_eff: float | Tensor, c: float | Tensor, lam: float | Tensor,
+) -> None:  # fmt: skip
+    """One tensor's update with plain torch ops (the foreach=False path; compiled when fused)."""
+    if m is None:  # beta = 0: the average is the gradient itself
+        mt = g
+    else:
+        m.mul_(beta).add_(g, alpha=1.0 - beta)
+        mt = m
+    if method == "msgd":
+        p.sub_(mt * lr_eff)
+        return
+    if method == "mssd":
+        p.sub_(torch.sign(mt) * lr_eff)
+        return
+    assert v is not None
+    v.mul_(beta).addcmul_(g, g, value=1.0 - beta)
+    a = mt * mt * c
+    den = a + (v - a) * lam
+    gamma = torch.where(den > a, a / torch.where(den > a, den, 1.0), 1.0)
+    d = mt if method == "msvag" else g
+    p.sub_(gamma * d * lr_eff)
+
+
+# --------------------------------------------------------------------------- multi-tensor
+
+
+def _foreach(
+    method: str, p: list[Tensor], g: list[Tensor], m: list[Tensor] | None,
+    v: list[Tensor] | None, beta: float, lr_eff: float, c: float, lam: float,
+) -> None:  # fmt: skip
+    """The multi-tensor path for tensors that share device, dtype and step."""
+    if m is None:
+        mt = g
+    else:
+        torch._foreach_lerp_(m, g, 1.0 - beta)  # beta m + (1 - beta) g in one pass
+        mt = m
+    if method == "msgd":
+        torch._foreach_add_(p, mt, alpha=-lr_eff)
+        return
+    if method == "mssd":
+        torch._foreach_add_(p, torch._foreach_sign(mt), alpha=-lr_eff)
+        return
+    assert v is not None
+    torch._foreach_mul_(v, beta)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - beta)
+    a = torch._foreach_mul(mt, mt)  # m~^2
+    den = torch._foreach_mul(v, lam)
+    torch._foreach_add_(den, a, alpha=c * (1.0 - lam))  # den = a + lam (v~ - a), a = c m~^2
+    torch._foreach_mul_(a, c)
+    # gamma = a / max(den, a): 1 where den <= a (zero variance, or round-off).
+    torch._foreach_maximum_(den, a)
+    # den = 0 only where m~ = v~ = 0, the paper's 0/0; 0 ** den is 1 exactly there
+    # and 0 elsewhere, so adding it makes gamma 0 there and changes nothing else.
+    torch._foreach_add_(den, torch._foreach_pow(0.0, den))
+    torch._foreach_div_(a, den)  # gamma, in [0, 1]; dividing first avoids underflow
+    torch._foreach_addcmul_(p, a, mt if method == "msvag" else g, value=-lr_eff)
+
+
+# --------------------------------------------------------------------------- fused
+
+_compiled: dict[str, Callable] = {}
+
+
+def _compiled_group(method: str) -> Callable:
+    """A torch.compile'd single-pass update over a list of tensors (non-CPU fused path)."""
+    if method not in _compiled:
+
+        def group_update(p, g, m, v, beta, lr_eff, c, lam):
+            for i in range(len(p)):
+                _single_tensor(
+                    method, p[i], g[i], None if m is None else m[i], None if v is None else v[i],
+                    beta, lr_eff, c, lam,
+                )  # fmt: skip
+
+        _compiled[method] = torch.compile(group_update, fullgraph=True, dynamic=False)
+    return _compiled[method]
+
+
+def _fused(
+    method: str, p: list[Tensor], g: list[Tensor], m: list[Tensor] | None,
+    v: list[Tensor] | None, beta: float, scalars: list[tuple[float, float, float]],
+    backend: str | None,
+) -> None:  # fmt: skip
+    device = p[0].device
+    if backend is None:
+        backend = "native" if device.type == "cpu" else "compile"
+    if backend == "native":
+        from . import _native
+
+        if p[0].dtype not in _native.DTYPE_CODES:  # float16: no native kernel
+            for i, sc in enumerate(scalars):
+                _single_tensor(method, p[i], g[i], m and m[i], v and v[i], beta, *sc)
+            return
+        if device.type != "cpu":
+            raise ValueError("the native fused kernel runs on the CPU only; use backend='compile'")
+        lr_eff, c, lam = (list(x) for x in zip(*scalars, strict=True))
+        _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
+        return
+    if backend != "compile":
+        raise ValueError(f"unknown fused backend {backend!r}; use 'native' or 'compile'")
+    fn = _compiled_group(method)
+    # Step-dependent scalars enter as 0-dim tensors so that the graph is not
+    # recompiled every step; tensors whose step differs are updated in turn.
+    by_step: dict[tuple[float, float, float], list[int]] = defaultdict(list)
+    for i, s in enumerate(scalars):
+        by_step[s].append(i)
+    for (lr_eff, c, lam), idx in by_step.items():
+        sdtype = torch.float64 if p[0].dtype == torch.float64 else torch.float32
+        dev_scalars = torch.tensor([lr_eff, c, lam], dtype=sdtype, device=device)
+
+        p_, g_, m_, v_ = (None if xs is None else [xs[i] for i in idx] for xs in (p, g, m, v))
+        fn(p_, g_, m_, v_, beta, *dev_scalars.unbind())
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _take(xs: list[Tensor] | None, idx: list[int], n: int) -> list[Tensor] | None:
+    if xs is None or len(idx) == n:
+        return xs
+    return [xs[i] for i in idx]
+
+
+def update(
+    method: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    m: list[Tensor] | None,
+    v: list[Tensor] | None,
+    steps: list[int],
+    *,
+    lr: float,
+    beta: float,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    fused_backend: str | None = None,
+) -> None:
+    """Apply one step of ``method`` in place to ``params`` and the averages ``m``, ``v``.
+
+    Args:
+        method: one of ``"msgd"``, ``"mssd"``, ``"msvag"``, ``"svag"``.
+        params, grads: parameters and their gradients.
+        m, v: the un-corrected averages m~ and v~ (``m`` is None when beta = 0 for
+            M-SGD and M-SSD; ``v`` is None for them always).
+        steps: for each parameter, the number of steps it has taken so far (t).
+        lr, beta: step size and averaging constant.
+        foreach: multi-tensor path (default) or a per-tensor loop (False).
+        fused: single-pass fused path (C kernel on the CPU, torch.compile elsewhere).
+        fused_backend: force ``"native"`` or ``"compile"`` for the fused path.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    n = len(params)
+    if n == 0:
+        return
+    if not (len(grads) == len(steps) == n):
+        raise ValueError("params, grads and steps must have the same length")
+    if fused and foreach:
+        raise ValueError("foreach and fused cannot both be True")
+    uses_v = method in _USES_V
+    if m is None and (uses_v or beta > 0.0):
+        raise ValueError(f"{method} with beta={beta} needs the first-moment buffers m")
+    if uses_v and v is None:
+        raise ValueError(f"{method} needs the second-moment buffers v")
+    coef = {t: coefficients(method, lr, beta, t) for t in set(steps)}
+
+    loose: list[int] = []  # updated one tensor at a time
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    if not fused and foreach is False:
+        loose = list(range(n))
+    else:
+        # Multi-tensor kernels need one device (the fused kernel also one dtype,
+        # and flat memory: others, e.g. channels_last, take the per-tensor path;
+        # the foreach path groups by step so that its scalars are shared).
+        for i, p in enumerate(params):
+            if fused and not (
+                p.is_contiguous()
+                and grads[i].is_contiguous()
+                and (m is None or m[i].is_contiguous())
+                and (v is None or v[i].is_contiguous())
+            ):
+                loose.append(i)
+                continue
+            groups[(p.device, p.dtype) if fused else (p.device, p.dtype, steps[i])].append(i)
+
+    for i in loose:
+        _single_tensor(
+            method, params[i], grads[i], None if m is None else m[i],
+            None if v is None else v[i], beta, *coef[steps[i]],
+        )  # fmt: skip
+    for key, idx in groups.items():
+        gp, gg, gm, gv = (_take(xs, idx, n) for xs in (params, grads, m, v))
+        if fused:
+            _fused(method, gp, gg, gm, gv, beta, [coef[steps[i]] for i in idx], fused_backend)
+        else:
+            _foreach(method, gp, gg, gm, gv, beta, *coef[key[2]])

@@ -1,0 +1,162 @@
+"""Build, cache and call the single-pass CPU kernel in ``kernels/moments.c``.
+
+The kernel is plain C (no torch headers), compiled on first use with the
+system C compiler and cached on disk, so its one-time cost is about a second
+rather than the minute or more that ``torch.compile`` needs for a list of
+parameter tensors. ``torch.compile``'s CPU backend needs the same compiler.
+
+Environment:
+    CC                      the C compiler (default ``cc``).
+    DISSECTING_ADAM_CACHE   cache directory (default ``~/.cache/dissecting_adam``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+METHOD_CODES = {"msgd": 0, "mssd": 1, "msvag": 2, "svag": 3}
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+#: Seconds spent building (0.0 when the cached library was loaded) and loading.
+build_seconds: float | None = None
+
+
+class NativeKernelError(RuntimeError):
+    """The CPU kernel for ``fused=True`` could not be built or loaded."""
+
+
+def _source() -> str:
+    return resources.files("dissecting_adam.optim").joinpath("kernels/moments.c").read_text()
+
+
+def _cpu_signature() -> str:
+    # -march=native code must not be reused on another CPU model (a cache on a
+    # shared file system, a cluster with mixed nodes), so the CPU is in the key.
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features")):
+                    flags += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("DISSECTING_ADAM_CACHE") or Path.home() / ".cache" / "dissecting_adam"
+    return Path(root) / "kernels"
+
+
+def _compile(src: Path, out: Path, cc: str) -> None:
+    base = [cc, "-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp"]
+    attempts = [base + ["-march=native"], base]
+    errors = []
+    for args in attempts:
+        proc = subprocess.run([*args, str(src), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        errors.append(f"$ {' '.join(args)} ...\n{proc.stderr.strip()}")
+    raise NativeKernelError(
+        "could not compile the fused CPU kernel for dissecting_adam.optim:\n"
+        + "\n".join(errors)
+        + "\nInstall a C compiler with OpenMP (e.g. `apt-get install gcc`), point CC at one, "
+        "or use the default multi-tensor path (fused=None)."
+    )
+
+
+def load() -> ctypes.CDLL:
+    """Return the kernel library, compiling it into the cache on first use."""
+    global _lib, build_seconds
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is not None:
+            return _lib
+        start = time.perf_counter()
+        cc = os.environ.get("CC", "cc")
+        if shutil.which(cc) is None:
+            raise NativeKernelError(
+                f"fused=True on the CPU compiles a small C kernel, but the compiler {cc!r} was not "
+                "found. Install gcc or clang (or set CC), or use fused=None (multi-tensor path)."
+            )
+        source = _source()
+        key = hashlib.sha256("\0".join([source, cc, _cpu_signature()]).encode()).hexdigest()[:16]
+        cache = _cache_dir()
+        target = cache / f"moments-{key}.so"
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            # Build in a private directory and rename: concurrent processes (a
+            # joblib sweep) never load a half-written library.
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                src = Path(tmp) / "moments.c"
+                src.write_text(source)
+                out = Path(tmp) / target.name
+                _compile(src, out, cc)
+                os.replace(out, target)
+        lib = ctypes.CDLL(str(target))
+        fn = lib.moments_step
+        ptrs = ctypes.POINTER(ctypes.c_void_p)
+        dbl = ctypes.POINTER(ctypes.c_double)
+        fn.argtypes = [
+            ctypes.c_int, ctypes.c_int, ctypes.c_int64, ptrs, ptrs, ptrs, ptrs,
+            ctypes.POINTER(ctypes.c_int64), dbl, dbl, dbl, ctypes.c_double, ctypes.c_int,
+        ]  # fmt: skip
+        fn.restype = ctypes.c_int
+        build_seconds = time.perf_counter() - start
+        _lib = lib
+        return lib
+
+
+def _pointers(tensors: list[torch.Tensor] | None):
+    if tensors is None:
+        return None
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def moments_step(
+    method: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    m: list[torch.Tensor] | None,
+    v: list[torch.Tensor] | None,
+    lr_eff: list[float],
+    c: list[float],
+    lam: list[float],
+    beta: float,
+) -> None:
+    """Run the kernel on CPU tensors of one dtype, all dense and contiguous."""
+    n = len(params)
+    if n == 0:
+        return
+    dtype = params[0].dtype
+    code = DTYPE_CODES.get(dtype)
+    if code is None:
+        raise TypeError(f"fused=True supports float32, float64 and bfloat16, not {dtype}")
+    lib = load()
+    doubles = ctypes.c_double * n
+    rc = lib.moments_step(
+        METHOD_CODES[method], code, n,
+        _pointers(params), _pointers(grads), _pointers(m), _pointers(v),
+        (ctypes.c_int64 * n)(*[p.numel() for p in params]),
+        doubles(*lr_eff), doubles(*c), doubles(*lam),
+        float(beta), torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise NativeKernelError(f"fused CPU kernel failed with code {rc}")

@@ -1,0 +1,99 @@
+"""Literal reference implementations of the paper's algorithms, for testing only.
+
+Each function follows the pseudo-code of Balles & Hennig (2018) line by line,
+one tensor at a time, with no algebraic rewriting: Alg. 1 (M-SVAG), Alg. 2
+(M-SGD, M-SSD) and SVAG (§4.3 / SPEC §1). They are slow on purpose; the fast
+optimizers in this package are tested against them over long random runs.
+
+``ReferenceOptimizer`` wraps them in the torch.optim interface so that a test
+can drive a reference and a fast optimizer with the same gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._engine import METHODS
+
+
+def rho(beta: float, t: int) -> float:
+    """Eq. 21, written out."""
+    return (1 - beta) * (1 + beta ** (t + 1)) / ((1 + beta) * (1 - beta ** (t + 1)))
+
+
+def msgd_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """Alg. 2, left branch: theta <- theta - alpha m."""
+    t = state.setdefault("t", 0)
+    m_tilde = state.setdefault("m_tilde", torch.zeros_like(theta))
+    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
+    m = m_tilde / (1 - beta ** (t + 1))
+    theta.copy_(theta - lr * m)
+    state["t"] = t + 1
+
+
+def mssd_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """Alg. 2, right branch: theta <- theta - alpha sign(m~)."""
+    t = state.setdefault("t", 0)
+    m_tilde = state.setdefault("m_tilde", torch.zeros_like(theta))
+    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
+    theta.copy_(theta - lr * torch.sign(m_tilde))
+    state["t"] = t + 1
+
+
+def _variance_factor(g: Tensor, state: dict, beta: float, kappa_is_rho: bool) -> tuple:
+    t = state.setdefault("t", 0)
+    m_tilde = state.setdefault("m_tilde", torch.zeros_like(g))
+    v_tilde = state.setdefault("v_tilde", torch.zeros_like(g))
+    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
+    v_tilde.copy_(beta * v_tilde + (1 - beta) * g**2)
+    m = m_tilde / (1 - beta ** (t + 1))
+    v = v_tilde / (1 - beta ** (t + 1))
+    r = rho(beta, t)
+    if t == 0:
+        s = torch.zeros_like(m)  # s_0 = 0 (paper §4.4); 1 - rho(beta, 0) = 0
+    else:
+        s = (v - m**2) / (1 - r)
+    kappa = r if kappa_is_rho else 1.0
+    gamma = m**2 / (m**2 + kappa * s)
+    gamma = torch.nan_to_num(gamma, nan=0.0)  # m = v = 0: 0/0 counts as 0
+    gamma = gamma.clamp(0.0, 1.0)  # round-off can leave [0, 1]
+    state["t"] = t + 1
+    return gamma, m
+
+
+def msvag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """Alg. 1: gamma = m^2 / (m^2 + rho s), theta <- theta - alpha gamma m."""
+    gamma, m = _variance_factor(g, state, beta, kappa_is_rho=True)
+    theta.copy_(theta - lr * (gamma * m))
+
+
+def svag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """SVAG: gamma = m^2 / (m^2 + s), theta <- theta - alpha gamma g."""
+    gamma, _ = _variance_factor(g, state, beta, kappa_is_rho=False)
+    theta.copy_(theta - lr * (gamma * g))
+
+
+STEPS = {"msgd": msgd_step, "mssd": mssd_step, "msvag": msvag_step, "svag": svag_step}
+
+
+class ReferenceOptimizer(torch.optim.Optimizer):
+    """The literal reference of ``method`` behind the torch.optim interface."""
+
+    def __init__(self, params, method: str, lr: float, beta: float = 0.9):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        self.method = method
+        super().__init__(params, dict(lr=lr, beta=beta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    STEPS[self.method](p, p.grad, self.state[p], group["lr"], group["beta"])
+        return loss
