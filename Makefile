@@ -37,6 +37,15 @@ format: install ## Format the code with ruff
 bench: install ## Time one optimizer step on WRN-40-4's shapes vs torch.optim.Adam
 	$(PY) scripts/bench_optim.py
 
+fig2: install ## Fig. 2: SGD vs SSD on stochastic quadratic problems (~2-4 min on 2 CPU cores)
+	$(PY) scripts/fig2.py
+
+fig3: install ## Fig. 3: the variance adaptation factors (seconds)
+	$(PY) scripts/fig3.py
+
+wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
+	$(PY) scripts/wilson.py
+
 reproduce-fig5: ## Reproduce Fig. 5 (not built yet: see README)
 	@echo "make reproduce-fig5 is not implemented yet: the problems, runner and step-size"
 	@echo "search are open issues. See README.md, 'Status'."
@@ -45,4 +54,4 @@ reproduce-fig5: ## Reproduce Fig. 5 (not built yet: see README)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench reproduce-fig5 clean
+.PHONY: help install test test-all lint format bench fig2 fig3 wilson reproduce-fig5 clean
