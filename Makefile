@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+PROBLEMS ?= all
+# A folder of original downloads (e.g. ../shared/data): data is copied from it, not downloaded.
+export DATA_MIRROR
 
 .DEFAULT_GOAL := help
 
@@ -37,6 +40,12 @@ format: install ## Format the code with ruff
 bench: install ## Time one optimizer step on WRN-40-4's shapes vs torch.optim.Adam
 	$(PY) scripts/bench_optim.py
 
+data: install ## Download (or copy from DATA_MIRROR), verify, preprocess data: PROBLEMS=a,b
+	$(PY) scripts/prepare_data.py "problems=[$(PROBLEMS)]"
+
+bench-problems: install ## Time input pipeline vs model per problem (CPU; CUDA if present)
+	$(PY) scripts/bench_problems.py
+
 fig2: install ## Fig. 2: SGD vs SSD on stochastic quadratic problems (~2-4 min on 2 CPU cores)
 	$(PY) scripts/fig2.py
 
@@ -54,4 +63,4 @@ reproduce-fig5: ## Reproduce Fig. 5 (not built yet: see README)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench fig2 fig3 wilson reproduce-fig5 clean
+.PHONY: help install test test-all lint format bench data bench-problems fig2 fig3 wilson reproduce-fig5 clean

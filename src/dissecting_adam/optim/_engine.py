@@ -115,9 +115,12 @@ def _foreach(
     torch._foreach_mul_(a, c)
     # gamma = a / max(den, a): 1 where den <= a (zero variance, or round-off).
     torch._foreach_maximum_(den, a)
-    # den = 0 only where m~ = v~ = 0, the paper's 0/0; 0 ** den is 1 exactly there
-    # and 0 elsewhere, so adding it makes gamma 0 there and changes nothing else.
-    torch._foreach_add_(den, torch._foreach_pow(0.0, den))
+    # den = 0 only where m~ = v~ = 0, the paper's 0/0: subtracting sign(den) - 1
+    # (exactly -1 there, exactly 0 elsewhere) makes gamma 0 there and changes
+    # nothing else. No epsilon.
+    zero = torch._foreach_sign(den)
+    torch._foreach_sub_(zero, 1.0)
+    torch._foreach_sub_(den, zero)
     torch._foreach_div_(a, den)  # gamma, in [0, 1]; dividing first avoids underflow
     torch._foreach_addcmul_(p, a, mt if method == "msvag" else g, value=-lr_eff)
 
@@ -144,47 +147,68 @@ def _compiled_group(method: str) -> Callable:
 
 def _fused(
     method: str, p: list[Tensor], g: list[Tensor], m: list[Tensor] | None,
-    v: list[Tensor] | None, beta: float, scalars: list[tuple[float, float, float]],
+    v: list[Tensor] | None, beta: float, lr_eff: float, c: float, lam: float,
     backend: str | None,
 ) -> None:  # fmt: skip
+    """Single-pass update of contiguous tensors that share device, dtype and step."""
     device = p[0].device
     if backend is None:
         backend = "native" if device.type == "cpu" else "compile"
     if backend == "native":
         from . import _native
 
-        if p[0].dtype not in _native.DTYPE_CODES:  # float16: no native kernel
-            for i, sc in enumerate(scalars):
-                _single_tensor(method, p[i], g[i], m and m[i], v and v[i], beta, *sc)
-            return
         if device.type != "cpu":
             raise ValueError("the native fused kernel runs on the CPU only; use backend='compile'")
-        lr_eff, c, lam = (list(x) for x in zip(*scalars, strict=True))
+        if p[0].dtype not in _native.DTYPE_CODES:  # float16: no native kernel
+            for i in range(len(p)):
+                _single_tensor(method, p[i], g[i], m and m[i], v and v[i], beta, lr_eff, c, lam)
+            return
         _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
         return
     if backend != "compile":
         raise ValueError(f"unknown fused backend {backend!r}; use 'native' or 'compile'")
-    fn = _compiled_group(method)
-    # Step-dependent scalars enter as 0-dim tensors so that the graph is not
-    # recompiled every step; tensors whose step differs are updated in turn.
-    by_step: dict[tuple[float, float, float], list[int]] = defaultdict(list)
-    for i, s in enumerate(scalars):
-        by_step[s].append(i)
-    for (lr_eff, c, lam), idx in by_step.items():
-        sdtype = torch.float64 if p[0].dtype == torch.float64 else torch.float32
-        dev_scalars = torch.tensor([lr_eff, c, lam], dtype=sdtype, device=device)
-
-        p_, g_, m_, v_ = (None if xs is None else [xs[i] for i in idx] for xs in (p, g, m, v))
-        fn(p_, g_, m_, v_, beta, *dev_scalars.unbind())
+    # Step-dependent scalars enter as 0-dim tensors so that the graph is not recompiled
+    # every step.
+    sdtype = torch.float64 if p[0].dtype == torch.float64 else torch.float32
+    scalars = torch.tensor([lr_eff, c, lam], dtype=sdtype, device=device).unbind()
+    _compiled_group(method)(p, g, m, v, beta, *scalars)
 
 
 # --------------------------------------------------------------------------- dispatch
 
+_is_contiguous = Tensor.is_contiguous
 
-def _take(xs: list[Tensor] | None, idx: list[int], n: int) -> list[Tensor] | None:
-    if xs is None or len(idx) == n:
-        return xs
-    return [xs[i] for i in idx]
+
+def _take(xs: list[Tensor] | None, idx: list[int] | None) -> list[Tensor] | None:
+    return xs if xs is None or idx is None else [xs[i] for i in idx]
+
+
+def _partition(params, grads, m, v, steps, fused):
+    """Split tensors into multi-tensor groups (device, dtype, step) and loose ones.
+
+    A group's index list is None when it holds every tensor (the common case, which
+    then costs no list copies). The fused kernels also need flat memory: tensors that
+    are not contiguous (channels_last, views) are updated one at a time.
+    """
+    flat = not fused or all(
+        all(map(_is_contiguous, xs)) for xs in (params, grads, m or (), v or ())
+    )  # fmt: skip
+    keys = {(p.device, p.dtype) for p in params}
+    if flat and len(keys) == 1 and len(set(steps)) == 1:
+        return [], {(*keys.pop(), steps[0]): None}
+    loose: list[int] = []
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        if not flat and not (
+            p.is_contiguous()
+            and grads[i].is_contiguous()
+            and (m is None or m[i].is_contiguous())
+            and (v is None or v[i].is_contiguous())
+        ):
+            loose.append(i)
+        else:
+            groups[(p.device, p.dtype, steps[i])].append(i)
+    return loose, groups
 
 
 def update(
@@ -230,33 +254,18 @@ def update(
         raise ValueError(f"{method} needs the second-moment buffers v")
     coef = {t: coefficients(method, lr, beta, t) for t in set(steps)}
 
-    loose: list[int] = []  # updated one tensor at a time
-    groups: dict[tuple, list[int]] = defaultdict(list)
     if not fused and foreach is False:
-        loose = list(range(n))
+        loose, groups = list(range(n)), {}
     else:
-        # Multi-tensor kernels need one device (the fused kernel also one dtype,
-        # and flat memory: others, e.g. channels_last, take the per-tensor path;
-        # the foreach path groups by step so that its scalars are shared).
-        for i, p in enumerate(params):
-            if fused and not (
-                p.is_contiguous()
-                and grads[i].is_contiguous()
-                and (m is None or m[i].is_contiguous())
-                and (v is None or v[i].is_contiguous())
-            ):
-                loose.append(i)
-                continue
-            groups[(p.device, p.dtype) if fused else (p.device, p.dtype, steps[i])].append(i)
-
+        loose, groups = _partition(params, grads, m, v, steps, fused)
     for i in loose:
         _single_tensor(
             method, params[i], grads[i], None if m is None else m[i],
             None if v is None else v[i], beta, *coef[steps[i]],
         )  # fmt: skip
-    for key, idx in groups.items():
-        gp, gg, gm, gv = (_take(xs, idx, n) for xs in (params, grads, m, v))
+    for (_, _, t), idx in groups.items():
+        gp, gg, gm, gv = (_take(xs, idx) for xs in (params, grads, m, v))
         if fused:
-            _fused(method, gp, gg, gm, gv, beta, [coef[steps[i]] for i in idx], fused_backend)
+            _fused(method, gp, gg, gm, gv, beta, *coef[t], fused_backend)
         else:
-            _foreach(method, gp, gg, gm, gv, beta, *coef[key[2]])
+            _foreach(method, gp, gg, gm, gv, beta, *coef[t])

@@ -12,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import array
 import ctypes
 import hashlib
 import os
@@ -112,11 +113,11 @@ def load() -> ctypes.CDLL:
                 os.replace(out, target)
         lib = ctypes.CDLL(str(target))
         fn = lib.moments_step
-        ptrs = ctypes.POINTER(ctypes.c_void_p)
-        dbl = ctypes.POINTER(ctypes.c_double)
+        ptr, dbl = ctypes.c_void_p, ctypes.c_double
+        # Arrays travel as addresses of array.array buffers (cheaper to fill than ctypes arrays).
         fn.argtypes = [
-            ctypes.c_int, ctypes.c_int, ctypes.c_int64, ptrs, ptrs, ptrs, ptrs,
-            ctypes.POINTER(ctypes.c_int64), dbl, dbl, dbl, ctypes.c_double, ctypes.c_int,
+            ctypes.c_int, ctypes.c_int, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr,
+            dbl, dbl, dbl, dbl, ctypes.c_int,
         ]  # fmt: skip
         fn.restype = ctypes.c_int
         build_seconds = time.perf_counter() - start
@@ -124,10 +125,16 @@ def load() -> ctypes.CDLL:
         return lib
 
 
-def _pointers(tensors: list[torch.Tensor] | None):
-    if tensors is None:
-        return None
-    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+
+
+def _addresses(tensors: list[torch.Tensor] | None) -> array.array | None:
+    return None if tensors is None else array.array("Q", map(_data_ptr, tensors))
+
+
+def _address(buf: array.array | None) -> int | None:
+    return None if buf is None else buf.buffer_info()[0]
 
 
 def moments_step(
@@ -136,12 +143,12 @@ def moments_step(
     grads: list[torch.Tensor],
     m: list[torch.Tensor] | None,
     v: list[torch.Tensor] | None,
-    lr_eff: list[float],
-    c: list[float],
-    lam: list[float],
+    lr_eff: float,
+    c: float,
+    lam: float,
     beta: float,
 ) -> None:
-    """Run the kernel on CPU tensors of one dtype, all dense and contiguous."""
+    """Run the kernel on contiguous CPU tensors of one dtype that share the step t."""
     n = len(params)
     if n == 0:
         return
@@ -150,13 +157,12 @@ def moments_step(
     if code is None:
         raise TypeError(f"fused=True supports float32, float64 and bfloat16, not {dtype}")
     lib = load()
-    doubles = ctypes.c_double * n
+    # Keep the buffers referenced until the call returns.
+    bufs = [_addresses(x) for x in (params, grads, m, v)]
+    numel = array.array("q", map(_numel, params))
     rc = lib.moments_step(
-        METHOD_CODES[method], code, n,
-        _pointers(params), _pointers(grads), _pointers(m), _pointers(v),
-        (ctypes.c_int64 * n)(*[p.numel() for p in params]),
-        doubles(*lr_eff), doubles(*c), doubles(*lam),
-        float(beta), torch.get_num_threads(),
+        METHOD_CODES[method], code, n, *map(_address, bufs), numel.buffer_info()[0],
+        float(lr_eff), float(c), float(lam), float(beta), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise NativeKernelError(f"fused CPU kernel failed with code {rc}")

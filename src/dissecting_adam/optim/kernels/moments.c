@@ -11,8 +11,8 @@
  * the system compiler (see _native.py). Arithmetic is done in float for
  * float32 and bfloat16 tensors and in double for float64 tensors.
  *
- * Per tensor i the caller passes lr_eff[i], c[i] = 1 / (1 - beta^(t+1)) and
- * lam[i] (M-SVAG: rho / (1 - rho); SVAG: 1 / (1 - rho); 0 at t = 0):
+ * The caller groups tensors by step t and passes lr_eff, c = 1 / (1 - beta^(t+1))
+ * and lam (M-SVAG: rho / (1 - rho); SVAG: 1 / (1 - rho); 0 at t = 0):
  *   m    <- beta m + (1 - beta) g          (m == NULL: beta = 0, m is g)
  *   v    <- beta v + (1 - beta) g^2
  *   a     = c m^2                          (= (1 - beta^(t+1)) * m_hat^2)
@@ -31,6 +31,7 @@ enum { METHOD_MSGD = 0, METHOD_MSSD = 1, METHOD_MSVAG = 2, METHOD_SVAG = 3 };
 enum { DTYPE_F32 = 0, DTYPE_F64 = 1, DTYPE_BF16 = 2 };
 
 #define CHUNK 16384
+#define GRAIN 65536
 
 static inline float bf16_load(uint16_t x) {
     uint32_t u = ((uint32_t)x) << 16;
@@ -97,8 +98,8 @@ DEFINE_CHUNK(bf16, uint16_t, float, LOAD_BF16, STORE_BF16)
 
 /* Returns 0 on success, 1 on bad arguments, 2 when out of memory. */
 int moments_step(int method, int dtype, int64_t n_tensors, void **p, void **g, void **m, void **v,
-                 const int64_t *numel, const double *lr_eff, const double *c, const double *lam,
-                 double beta, int n_threads) {
+                 const int64_t *numel, double lr_eff, double c, double lam, double beta,
+                 int n_threads) {
     if (method < METHOD_MSGD || method > METHOD_SVAG || dtype < DTYPE_F32 || dtype > DTYPE_BF16)
         return 1;
     int64_t n_chunks = 0;
@@ -118,8 +119,12 @@ int moments_step(int method, int dtype, int64_t n_tensors, void **p, void **g, v
             start[j] = s;
             ++j;
         }
-    /* A parallel region costs microseconds: small updates stay on one thread. */
-    if (n_threads > n_chunks) n_threads = (int)n_chunks;
+    /* A parallel region costs microseconds (far more when the machine is busy and a
+     * worker waits for a core): give each thread at least GRAIN elements, as torch's
+     * parallel_for does, so that small updates stay on the calling thread. */
+    int64_t total = 0;
+    for (int64_t k = 0; k < n_tensors; ++k) total += numel[k];
+    if ((int64_t)n_threads > total / GRAIN) n_threads = (int)(total / GRAIN);
     if (n_threads < 1) n_threads = 1;
 #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t q = 0; q < n_chunks; ++q) {
@@ -131,16 +136,16 @@ int moments_step(int method, int dtype, int64_t n_tensors, void **p, void **g, v
         switch (dtype) {
         case DTYPE_F32:
             chunk_f32(method, (float *)p[k], (const float *)g[k], (float *)mk, (float *)vk, lo, hi,
-                      (float)beta, (float)lr_eff[k], (float)c[k], (float)lam[k]);
+                      (float)beta, (float)lr_eff, (float)c, (float)lam);
             break;
         case DTYPE_F64:
             chunk_f64(method, (double *)p[k], (const double *)g[k], (double *)mk, (double *)vk, lo,
-                      hi, beta, lr_eff[k], c[k], lam[k]);
+                      hi, beta, lr_eff, c, lam);
             break;
         default:
             chunk_bf16(method, (uint16_t *)p[k], (const uint16_t *)g[k], (uint16_t *)mk,
-                       (uint16_t *)vk, lo, hi, (float)beta, (float)lr_eff[k], (float)c[k],
-                       (float)lam[k]);
+                       (uint16_t *)vk, lo, hi, (float)beta, (float)lr_eff, (float)c,
+                       (float)lam);
         }
     }
     free(owner);

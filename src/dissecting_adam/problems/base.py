@@ -1,0 +1,195 @@
+"""The Problem interface: model, seeded batches, the loss that is minimised, evaluation.
+
+A problem owns its data (resident on ``config.device`` once first used) and its defaults
+(batch size, step budget, step-size schedule and regulariser from SPEC section 3), each
+overridable through its config. The training loop stays with the caller, so any
+``torch.optim.Optimizer`` can be benchmarked:
+
+    problem = load("fmnist_2c2d")
+    model = problem.build_model(seed=0)
+    ...
+    loss = problem.training_loss(model, next(batches))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from .batching import Batch
+from .models.layers import l2_term
+
+
+@dataclass(frozen=True)
+class ProblemConfig:
+    """Settings shared by all problems; each problem's subclass sets its own defaults.
+
+    ``lr_milestones``/``lr_gamma``: the step size is multiplied by ``lr_gamma`` at each
+    milestone (a schedule fixed in advance and shared by all methods). ``mirror`` None means
+    ``$DATA_MIRROR`` if set, else download. ``eval_batch_size`` only sets memory use.
+    """
+
+    batch_size: int = 128
+    num_steps: int = 10_000
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 1.0
+    weight_decay: float = 0.0
+    data_root: str = "data"
+    mirror: str | None = None
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.num_steps < 0 or self.eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be positive and num_steps >= 0: {self}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        # Hydra and YAML hand over lists; the config stays hashable and immutable.
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+
+
+class EvalResult(NamedTuple):
+    """``loss`` = mean data loss + L2 term (what DeepOBS reports); ``data_loss`` without it."""
+
+    loss: float
+    accuracy: float
+    data_loss: float
+
+
+class Problem(ABC):
+    """One test problem; subclasses define the model, the data and the batches."""
+
+    name: str
+    Config: type[ProblemConfig] = ProblemConfig
+
+    def __init__(self, config: ProblemConfig | None = None, source=None):
+        """``source`` replaces the data set's description (tests use generated files)."""
+        self.config = config if config is not None else self.Config()
+        self.source = source if source is not None else self.default_source()
+        self._data = None
+
+    @classmethod
+    def from_overrides(cls, source=None, **overrides) -> Problem:
+        valid = [f.name for f in dataclasses.fields(cls.Config)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise TypeError(f"{cls.name}: unknown setting(s) {unknown}; valid: {valid}")
+        return cls(cls.Config(**overrides), source)
+
+    # --- defaults -------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base step size at ``step`` (counted from 0)."""
+        passed = sum(step >= m for m in self.config.lr_milestones)
+        return self.config.lr_gamma**passed
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
+        """A scheduler to ``step()`` once after every optimizer step."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+
+    # --- model ----------------------------------------------------------------------
+    @abstractmethod
+    def make_model(self) -> nn.Module:
+        """A freshly initialised network (uses the global RNG; see ``build_model``)."""
+
+    def build_model(self, seed: int) -> nn.Module:
+        """The network with the paper's initialisation from ``seed``, on ``config.device``.
+
+        Built on the CPU inside a forked RNG, so the weights are the same on every device and
+        the caller's random state is untouched. Needs no data.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.make_model()
+        return model.to(self.device)
+
+    # --- data -----------------------------------------------------------------------
+    @abstractmethod
+    def default_source(self):
+        """The description of the real data set (md5s, URLs, mirror folder)."""
+
+    @abstractmethod
+    def load_data(self):
+        """Read (preparing if needed) the data set onto the CPU."""
+
+    @property
+    def data(self):
+        """The whole data set, resident on ``config.device`` after the first use."""
+        if self._data is None:
+            self._data = self.load_data().to(self.device)
+        return self._data
+
+    def prepare(self) -> None:
+        """Download or stage, verify and preprocess the data (what ``prepare_data`` runs)."""
+        self.load_data()
+
+    @abstractmethod
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        """The training batches, forever, in the order that ``seed`` fixes."""
+
+    @abstractmethod
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        """The full ``"test"`` split or the fixed ``"train_eval"`` subset, unaugmented."""
+
+    # --- losses ---------------------------------------------------------------------
+    def l2_term(self, model: nn.Module) -> torch.Tensor:
+        return l2_term(model, self.config.weight_decay)
+
+    def before_batch(self, model: nn.Module, batch: Batch) -> None:
+        """Hook before each training batch (tolstoi resets its LSTM state here)."""
+        return None
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The loss that is minimised: mean cross-entropy over the batch + the L2 term."""
+        self.before_batch(model, batch)
+        logits = model(batch.inputs)
+        data_loss = F.cross_entropy(logits.flatten(0, -2), batch.targets.flatten())
+        return data_loss + self.l2_term(model)
+
+    @contextlib.contextmanager
+    def evaluation_context(self, model: nn.Module):
+        """Wraps an evaluation pass (tolstoi saves, resets and restores its LSTM state)."""
+        yield
+
+    def evaluate(self, model: nn.Module, split: str = "test") -> EvalResult:
+        """Loss and accuracy on a whole split, in eval mode, without gradients."""
+        if split not in ("test", "train_eval"):
+            raise ValueError(f"split must be 'test' or 'train_eval', got {split!r}")
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        try:
+            with torch.no_grad(), self.evaluation_context(model):
+                for batch in self.eval_batches(split):
+                    logits = model(batch.inputs).flatten(0, -2)
+                    targets = batch.targets.flatten()
+                    loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+                    correct += (logits.argmax(dim=-1) == targets).sum()
+                    count += targets.numel()
+                l2 = float(self.l2_term(model))
+        finally:
+            model.train(was_training)
+        data_loss = float(loss_sum) / count
+        return EvalResult(data_loss + l2, int(correct) / count, data_loss)

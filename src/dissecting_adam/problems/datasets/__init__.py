@@ -1,0 +1,1 @@
+"""Data sets of the four problems: fetching, checksums, the mirror and preprocessing."""

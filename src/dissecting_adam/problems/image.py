@@ -1,0 +1,143 @@
+"""The three image-classification problems: fmnist_2c2d, cifar10_3c3d, cifar100_wrn404.
+
+Defaults from SPEC section 3; values marked [S?] there come from the paper's supplement as
+recalled and are config values for that reason (see docs/problems.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import augment
+from .base import Problem, ProblemConfig
+from .batching import Batch, epoch_indices
+from .datasets.images import CIFAR10, CIFAR100, FASHION_MNIST, ImageData, load_images
+from .models.cnn import ThreeC3D, TwoC2D
+from .models.wrn import WideResNet
+
+#: Seed of the fixed train-eval subset: the same examples for every run, seed and method.
+TRAIN_EVAL_SEED = 0
+
+
+class ImageProblem(Problem):
+    """Images resident on the device as uint8; batches by indexing; floats made per batch."""
+
+    def load_data(self) -> ImageData:
+        return load_images(self.source, self.config.data_root, self.config.mirror)
+
+    def train_eval_indices(self) -> torch.Tensor:
+        """A fixed subset of the training set as large as the test set (capped at its size)."""
+        n_train, n_test = len(self.data.train_labels), len(self.data.test_labels)
+        gen = torch.Generator().manual_seed(TRAIN_EVAL_SEED)
+        return torch.randperm(n_train, generator=gen)[: min(n_test, n_train)]
+
+    def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.eval_transform(images)
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255.0)  # pixels to [0, 1]
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(seed)
+        data = self.data
+        n = len(data.train_labels)
+        per_epoch = n // self.batch_size
+        for step, idx in enumerate(epoch_indices(n, self.batch_size, gen, self.device)):
+            inputs = self.train_transform(data.train_images[idx], gen)
+            yield Batch(inputs, data.train_labels[idx], step // per_epoch, step % per_epoch == 0)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        data = self.data
+        if split == "test":
+            images, labels = data.test_images, data.test_labels
+        else:
+            idx = self.train_eval_indices().to(self.device)
+            images, labels = data.train_images[idx], data.train_labels[idx]
+        size = self.config.eval_batch_size
+        for i in range(0, len(labels), size):
+            inputs = self.eval_transform(images[i : i + size])
+            yield Batch(inputs, labels[i : i + size], 0, i == 0)
+
+
+@dataclass(frozen=True)
+class FMNIST2c2dConfig(ProblemConfig):
+    batch_size: int = 64  # [S?]; DeepOBS uses 128
+    num_steps: int = 6_000  # [S?]
+    pool_size: int = 3  # [S?] paper 3x3/2; DeepOBS 2x2/2
+
+
+class FMNIST2c2d(ImageProblem):
+    """P1: 2c2d on Fashion-MNIST, constant step size, no regulariser, no augmentation."""
+
+    name = "fmnist_2c2d"
+    Config = FMNIST2c2dConfig
+
+    def default_source(self):
+        return FASHION_MNIST
+
+    def make_model(self) -> nn.Module:
+        return TwoC2D(self.source.num_classes, self.config.pool_size)
+
+
+@dataclass(frozen=True)
+class CIFARConfig(ProblemConfig):
+    augment: bool = True
+
+
+class CIFARProblem(ImageProblem):
+    """DeepOBS's TF CIFAR pipeline: augmented training images, standardised test images."""
+
+    def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if not self.config.augment:
+            return self.eval_transform(images)
+        return augment.augment(images, augment.draw_params(len(images), gen))
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        return augment.preprocess_test(images)
+
+
+@dataclass(frozen=True)
+class CIFAR10_3c3dConfig(CIFARConfig):
+    batch_size: int = 128
+    num_steps: int = 40_000  # [S?]; DeepOBS: 100 epochs = 39,000
+    weight_decay: float = 2e-3
+
+
+class CIFAR10_3c3d(CIFARProblem):
+    """P2: 3c3d on CIFAR-10, constant step size, L2 2e-3 on conv and dense kernels."""
+
+    name = "cifar10_3c3d"
+    Config = CIFAR10_3c3dConfig
+
+    def default_source(self):
+        return CIFAR10
+
+    def make_model(self) -> nn.Module:
+        return ThreeC3D(self.source.num_classes)
+
+
+@dataclass(frozen=True)
+class CIFAR100WRN404Config(CIFARConfig):
+    batch_size: int = 128
+    num_steps: int = 80_000  # [S?]
+    lr_milestones: tuple[int, ...] = (24_000, 48_000, 64_000)  # [S?]
+    lr_gamma: float = 0.2  # [S?]
+    weight_decay: float = 5e-4
+    eval_batch_size: int = 500
+
+
+class CIFAR100WRN404(CIFARProblem):
+    """P3: WRN-40-4 on CIFAR-100 (fine labels), step size x0.2 at 24k, 48k, 64k, L2 5e-4."""
+
+    name = "cifar100_wrn404"
+    Config = CIFAR100WRN404Config
+
+    def default_source(self):
+        return CIFAR100
+
+    def make_model(self) -> nn.Module:
+        return WideResNet(40, 4, self.source.num_classes)

@@ -1,0 +1,63 @@
+"""Two-layer character LSTM for War and Peace, after DeepOBS's ``tolstoi_char_rnn``.
+
+DeepOBS wraps each of its two ``LSTMCell(128)`` in a ``DropoutWrapper`` with input and
+output keep probability 0.8 (training only), so between the layers dropout acts twice. The
+LSTM state lives in the model, like DeepOBS's non-trainable state variables: each forward
+pass starts from the stored state and stores its final state, detached (truncated
+backpropagation through time at batch boundaries); ``reset_state`` zeroes it.
+
+TF's ``LSTMCell`` has one bias per gate and adds a constant ``forget_bias=1.0`` to the
+forget gate; PyTorch's LSTM has two biases per gate. Here ``bias_hh`` is frozen at zero and
+``bias_ih`` starts at 1.0 on the forget gate: the same function, the same gradients and a
+single trainable bias, as in TF (two trainable biases would double its effective step).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import glorot_uniform_
+
+
+class CharRNN(nn.Module):
+    """embedding 83x128 -> dropout -> LSTM 128 -> dropout -> dropout -> LSTM 128 -> dropout
+    -> dense 128x83; 284,499 trainable parameters."""
+
+    def __init__(self, vocab_size: int = 83, hidden: int = 128, keep_prob: float = 0.8):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, hidden)
+        self.lstm1 = nn.LSTM(hidden, hidden, batch_first=True)
+        self.lstm2 = nn.LSTM(hidden, hidden, batch_first=True)
+        self.dropout = nn.Dropout(1.0 - keep_prob)
+        self.dense = nn.Linear(hidden, vocab_size)
+        self.state: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+        # TF's default initialiser for every variable here is glorot_uniform, computed on its
+        # own shapes: embedding (83, 128), LSTM kernel (256, 512) for [x, h] -> 4 gates,
+        # softmax_w (128, 83) and even softmax_b (83,).
+        glorot_uniform_(self.embedding.weight)
+        lstm_bound = (6.0 / (2 * hidden + 4 * hidden)) ** 0.5
+        for lstm in (self.lstm1, self.lstm2):
+            nn.init.uniform_(lstm.weight_ih_l0, -lstm_bound, lstm_bound)
+            nn.init.uniform_(lstm.weight_hh_l0, -lstm_bound, lstm_bound)
+            nn.init.zeros_(lstm.bias_ih_l0)
+            lstm.bias_ih_l0.data[hidden : 2 * hidden] = 1.0  # gates (i, f, g, o): forget bias
+            nn.init.zeros_(lstm.bias_hh_l0)
+            lstm.bias_hh_l0.requires_grad_(False)
+        glorot_uniform_(self.dense.weight)
+        glorot_uniform_(self.dense.bias)
+
+    def reset_state(self) -> None:
+        """Forget the carried LSTM state: the next batch starts from zeros."""
+        self.state = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Character ids (B, T) to logits (B, T, V); carries the state to the next call."""
+        state = self.state
+        if state is not None and state[0][0].shape[1] != x.shape[0]:
+            state = None  # a different number of streams: start afresh
+        h = self.dropout(self.embedding(x))  # (B, T, H)
+        h, s1 = self.lstm1(h, None if state is None else state[0])
+        h, s2 = self.lstm2(self.dropout(self.dropout(h)), None if state is None else state[1])
+        self.state = tuple((a.detach(), b.detach()) for a, b in (s1, s2))
+        return self.dense(self.dropout(h))  # (B, T, V)
