@@ -16,7 +16,24 @@ from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
 CLASSES = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
-IMPLS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+IMPLS = {
+    "loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "foreach-buckets": {"foreach": True},  # CPU buckets of at most 60 values
+    "fused": {"fused": True},
+}
+
+
+@pytest.fixture(autouse=True)
+def _small_buckets(request, monkeypatch):
+    """The CPU multi-tensor path splits tensor lists into buckets; make them tiny."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("impl") == "foreach-buckets":
+        from dissecting_adam.optim import _engine
+
+        monkeypatch.setattr(_engine, "_CPU_BUCKET", 60)
+
+
 SHAPES = [(7, 3), (50,), (4, 2, 3, 3), (1,)]
 
 
