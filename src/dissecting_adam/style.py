@@ -45,5 +45,7 @@ def paper_rc(column: str = "full", nrows: int = 1, ncols: int = 1) -> dict:
     from tueplots import bundles
 
     rc = bundles.icml2022(column=column, nrows=nrows, ncols=ncols, usetex=False)
+    # Times is often not installed: fall back to matplotlib's own serif font quietly.
+    rc["font.serif"] = [*rc.get("font.serif", []), "DejaVu Serif"]
     rc["figure.dpi"] = 200
     return rc
