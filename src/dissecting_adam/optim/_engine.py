@@ -161,7 +161,9 @@ def _fused(
             raise ValueError("the native fused kernel runs on the CPU only; use backend='compile'")
         if p[0].dtype not in _native.DTYPE_CODES:  # float16: no native kernel
             for i in range(len(p)):
-                _single_tensor(method, p[i], g[i], m and m[i], v and v[i], beta, lr_eff, c, lam)
+                mi = None if m is None else m[i]
+                vi = None if v is None else v[i]
+                _single_tensor(method, p[i], g[i], mi, vi, beta, lr_eff, c, lam)
             return
         _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
         return
@@ -177,9 +179,7 @@ def _fused(
 # --------------------------------------------------------------------------- dispatch
 
 _is_contiguous = Tensor.is_contiguous
-
-
-_CPU_BUCKET = 1 << 20
+_CPU_BUCKET = 1 << 20  # values per multi-tensor call on the CPU
 
 
 def _buckets(tensors: list[Tensor], limit: int) -> list[list[int] | None]:
