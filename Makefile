@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 PROBLEMS ?= all
+PROFILE ?= paper
+LAUNCHER ?= basic
 # A folder of original downloads (e.g. ../shared/data): data is copied from it, not downloaded.
 export DATA_MIRROR
 
@@ -46,6 +48,18 @@ data: install ## Download (or copy from DATA_MIRROR), verify, preprocess data: P
 bench-problems: install ## Time input pipeline vs model per problem (CPU; CUDA if present)
 	$(PY) scripts/bench_problems.py
 
+train: install ## One run: make train ARGS="problem=fmnist_2c2d optimizer=msvag optimizer.lr=0.3 seed=3"
+	$(PY) scripts/train.py $(ARGS)
+
+smoke: install ## A run of a few seconds on real Fashion-MNIST (needs data/ or DATA_MIRROR)
+	$(PY) scripts/train.py problem=fmnist_2c2d optimizer=msvag profile=smoke
+
+collect: install ## Gather results/$(PROFILE) into results/$(PROFILE)/runs.parquet
+	$(PY) scripts/collect.py --profile $(PROFILE)
+
+bench-runner: install ## Runner overhead vs a bare loop, and one evaluation pass (~2 min on a CPU)
+	$(PY) scripts/bench_runner.py
+
 fig2: install ## Fig. 2: SGD vs SSD on stochastic quadratic problems (~2-4 min on 2 CPU cores)
 	$(PY) scripts/fig2.py
 
@@ -55,12 +69,10 @@ fig3: install ## Fig. 3: the variance adaptation factors (seconds)
 wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
 	$(PY) scripts/wilson.py
 
-reproduce-fig5: ## Reproduce Fig. 5 (not built yet: see README)
-	@echo "make reproduce-fig5 is not implemented yet: the problems, runner and step-size"
-	@echo "search are open issues. See README.md, 'Status'."
-	@exit 2
+reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=basic|joblib|submitit_slurm
+	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench data bench-problems fig2 fig3 wilson reproduce-fig5 clean
+.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 clean
