@@ -347,5 +347,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Path]:
         log.info("replicates: %d run(s)", len(todo))
         run(cfg, todo)
     paths = write_outputs(cfg, selections, Path(cfg.out_dir))
-    print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min; outputs in {cfg.out_dir}")
+    print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min. Outputs:")
+    for path in sorted(Path(cfg.out_dir).iterdir()):
+        print(f"  {path}")
     return paths
