@@ -16,11 +16,13 @@ process (``launcher=basic``) or as a Hydra multirun fanned out by a launcher
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 from hydra import compose
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import aggregate, claims, plots, results
-from .runconfig import execute, plan
+from .runconfig import execute, plan, synthetic_sources
 from .search import Outcome, StepSizeSearch, grid
 
 log = logging.getLogger(__name__)
@@ -227,8 +229,9 @@ def estimate(cfg: DictConfig, pairs, steps_timed: int) -> str:
 
     n_seeds = len(cfg.search.replicate_seeds)
     lines, total = [], 0.0
+    stack = contextlib.ExitStack()
     for problem in dict.fromkeys(p for p, _ in pairs):
-        p = plan(run_config(cfg, Job(problem, "msgd", 0.01, 0))).problem
+        p = _timing_problem(cfg, problem, stack)
         model = p.build_model(0)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         batches = p.train_batches(0)
@@ -251,7 +254,18 @@ def estimate(cfg: DictConfig, pairs, steps_timed: int) -> str:
             f"  {problem}: {per_step * 1e3:.1f} ms/step x {full} steps; about {runs} "
             f"full runs + {probes} probes: ~{seconds / 3600:.2f} h"
         )
+    stack.close()
     return "\n".join([*lines, f"  total: ~{total / 3600:.2f} h of training (evaluation extra)"])
+
+
+def _timing_problem(cfg: DictConfig, problem: str, stack: contextlib.ExitStack):
+    """The problem as its runs will see it (generated stand-ins for data.variant=synthetic)."""
+    run_cfg = run_config(cfg, Job(problem, "msgd", 0.01, 0))
+    if run_cfg.data.variant != "synthetic":
+        return plan(run_cfg).problem
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthetic-"))
+    run_cfg = OmegaConf.merge(run_cfg, {"data": {"mirror": folder, "root": folder}})
+    return plan(run_cfg, synthetic_sources(Path(folder))[problem]).problem
 
 
 def write_outputs(cfg: DictConfig, selections: dict, out: Path) -> dict[str, Path]:
