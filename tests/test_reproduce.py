@@ -57,6 +57,7 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
         # Every replicate seed of each selection is in the summary.
         summary = (out / "summary.csv").read_text().splitlines()
         assert len(summary) == 1 + 2 and all(",2,0,0," in row for row in summary[1:])
+        assert (out / "claims.md").read_text().startswith("**Generated stand-in data")
 
         # Interrupt-and-rerun semantics: a second reproduction trains nothing.
         runs_before = sorted(p.parent for p in tmp_path.rglob("summary.json"))

@@ -120,6 +120,7 @@ def test_multirun_sweep_then_collect(tmp_path):
     assert sorted(ok[ok.split == "test"].step) == [0, 2, 4]
     assert sorted(ok[ok.split == "minibatch"].step) == [0, 1, 2, 3]
     assert set(table.split) == {"train_eval", "test", "minibatch"}
+    assert set(table.data_variant) == {"synthetic"}  # never mistaken for real results
     assert ok[ok.split == "test"].accuracy.between(0, 1).all()
     assert ok[ok.split == "minibatch"].accuracy.isna().all()
     # The library function gives the same table; parquet round-trips it.

@@ -307,14 +307,18 @@ def write_outputs(cfg: DictConfig, selections: dict, out: Path) -> dict[str, Pat
     hashes = {identity_hash(cfg, Job(p, o, lr, s)) for (p, o), lr in chosen.items() for s in seeds}
     reps = table[table["config_hash"].isin(hashes)]
     summary = aggregate.summary(reps) if len(reps) else pd.DataFrame()
+    banner = ""
+    if len(reps) and (reps["data_variant"] != "real").any():
+        banner = ("**Generated stand-in data (data.variant=synthetic): a check of the pipeline, "
+                  "not results about the optimizers.**\n\n")  # fmt: skip
     if len(summary):
         summary.to_csv(out / "summary.csv", index=False)
-        (out / "summary.md").write_text(aggregate.to_markdown(summary))
+        (out / "summary.md").write_text(banner + aggregate.to_markdown(summary))
         curves = aggregate.curves(reps)
         curves.to_csv(out / "curves.csv", index=False)
         paths["fig5"] = plots.fig5(curves, chosen, problems, out / "fig5")[0]
         results_ = claims.evaluate(reps)
-        (out / "claims.md").write_text(claims.report(results_, summary, 0.05, 0.05))
+        (out / "claims.md").write_text(banner + claims.report(results_, summary, 0.05, 0.05))
         paths["claims"] = out / "claims.md"
     selection_json = {
         f"{p}/{o}": None

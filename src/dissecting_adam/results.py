@@ -216,7 +216,8 @@ def run_dirs(root: Path) -> list[RunDir]:
 def collect(root: Path):
     """All runs under ``root`` as one tidy pandas table (one row per measurement).
 
-    Columns: COLUMNS plus ``data_loss`` (evaluations) and ``diverged_step``. Runs without a
+    Columns: COLUMNS plus ``data_loss`` (evaluations), ``diverged_step`` and
+    ``data_variant`` (``real``, or ``synthetic`` for generated stand-ins). Runs without a
     summary (running or killed) have status ``incomplete``.
     """
     import pandas as pd
@@ -237,9 +238,11 @@ def collect(root: Path):
         df["status"] = summary.get("status", "incomplete")
         df["diverged_step"] = summary.get("diverged_step")
         df["config_hash"] = identity["config_hash"]
+        # Generated stand-in data (tests, smoke checks) must never pass for real results.
+        df["data_variant"] = identity.get("data_variant", "real")
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step"])
+        return pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant"])
     table = pd.concat(frames, ignore_index=True)
     for col in ("accuracy", "data_loss", "diverged_step"):
         if col not in table:
