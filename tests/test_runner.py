@@ -111,6 +111,25 @@ def test_divergence_is_recorded_with_its_step(tmp_path):
     assert execute(make_cfg(tmp_path, "optimizer=sgd", "optimizer.lr=1e6"))["skipped"]
 
 
+def test_a_loss_spike_between_two_checks_is_caught(tmp_path, monkeypatch):
+    """A blow-up at step 2, checked at step 5 only, is still divergence (the running max)."""
+    from dissecting_adam.problems.base import Problem
+
+    original, calls = Problem.training_loss, []
+
+    def spiking(self, model, batch):
+        calls.append(1)
+        loss = original(self, model, batch)
+        return loss * 1e6 if len(calls) == 3 else loss
+
+    monkeypatch.setattr(Problem, "training_loss", spiking)
+    cfg = make_cfg(tmp_path, "optimizer=sgd", "optimizer.lr=1e-4", "train.num_steps=10",
+                   "train.log_every=5")  # fmt: skip
+    summary = execute(cfg)
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 5
+    assert "> 100 x initial loss" in summary["divergence_reason"]
+
+
 def test_divergence_rule():
     assert diverging(float("nan"), 2.3, 100.0).startswith("non-finite")
     assert diverging(float("inf"), 2.3, None).startswith("non-finite")

@@ -7,8 +7,8 @@ folder, logger) and reads top to bottom:
    data position, LSTM state), else seed the global RNG (dropout) with the run's seed;
 2. loop: evaluate at the fixed evaluation steps (step 0 and the last step included) on the
    test set and the train-eval subset; checkpoint at its interval; draw a batch, compute the
-   loss; every ``log_every`` steps record the mini-batch loss and check for divergence; take
-   the optimizer and scheduler step;
+   loss; every ``log_every`` steps record the mini-batch loss and check the largest loss
+   since the last check for divergence; take the optimizer and scheduler step;
 3. write summary.json (``completed`` or ``diverged``), remove the checkpoint.
 
 A diverged run (a non-finite loss, or a mini-batch loss above ``divergence_factor`` times
@@ -95,6 +95,10 @@ def train(
     # 1. Resume or start.
     batches = problem.train_batches(settings.seed)
     counters = {"initial_loss": None, "elapsed_s": 0.0, "metrics_size": 0, "last_eval": {}}
+    # The largest mini-batch loss since the last check, kept on the device so that a spike
+    # between two checks is caught without a sync every step (a dead network that blew
+    # up at step 3 and sits at chance level by step 10 has diverged).
+    peak: torch.Tensor | None = None
     start = 0
     if run.checkpoint_file.exists():
         restored = checkpoint.load(
@@ -128,6 +132,7 @@ def train(
         stopping = stop is not None and stop()
         if (_due(settings.checkpoint_every, step) or stopping) and step > start:
             counters["elapsed_s"] += time.perf_counter() - started
+            counters["peak_loss"] = None if peak is None else peak.item()
             started = time.perf_counter()
             checkpoint.save(
                 run.checkpoint_file,
@@ -145,13 +150,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss = problem.training_loss(model, batch)
         loss.backward()
+        peak = _running_max(peak, loss.detach(), counters.pop("peak_loss", None))
         if step % settings.log_every == 0:
             value = loss.item()
             row = {"step": step, "split": "minibatch", "loss": value}
             counters["metrics_size"] = run.append_metrics([row])
             if counters["initial_loss"] is None:
                 counters["initial_loss"] = value
-            reason = diverging(value, counters["initial_loss"], settings.divergence_factor)
+            worst, peak = peak.item(), None
+            reason = diverging(worst, counters["initial_loss"], settings.divergence_factor)
             if reason:
                 status, diverged_step = "diverged", step
                 break
@@ -191,6 +198,13 @@ def evaluate(problem: Problem, model: torch.nn.Module, step: int) -> list[dict]:
         result = problem.evaluate(model, split)
         rows.append({"step": step, "split": split, **result._asdict()})
     return rows
+
+
+def _running_max(peak: torch.Tensor | None, loss: torch.Tensor, restored: float | None):
+    """max(peak, loss) on the loss's device; NaN propagates. ``restored``: a checkpoint's."""
+    if peak is None and restored is not None:
+        peak = torch.tensor(restored, dtype=loss.dtype, device=loss.device)
+    return loss.clone() if peak is None else torch.maximum(peak, loss)
 
 
 def diverging(loss: float, initial: float, factor: float | None) -> str | None:
