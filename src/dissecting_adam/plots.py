@@ -37,7 +37,8 @@ def fig5(
     ``curves`` is ``aggregate.curves`` of the replicate runs; ``selected`` maps
     (problem, optimizer) to the step size whose replicates are drawn.
     """
-    with plt.rc_context(paper_rc(column="full", nrows=2, ncols=len(problems))):
+    column = "full" if len(problems) > 2 else "half"  # one or two problems: a narrow figure
+    with plt.rc_context(paper_rc(column=column, nrows=2, ncols=len(problems))):
         fig, axes = plt.subplots(2, len(problems), squeeze=False, sharex="col")
         handles = {}
         for j, problem in enumerate(problems):
