@@ -42,7 +42,7 @@ def wrn_param_shapes(depth: int = 40, k: int = 4, classes: int = 100) -> list[tu
     return shapes + [(c_in,), (c_in,), (classes, c_in), (classes,)]
 
 
-def candidates(device: str) -> dict[str, callable]:
+def candidates() -> dict[str, callable]:
     fused = {"fused": True}
     return {
         "Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
@@ -107,7 +107,7 @@ def bench(device: str, rounds: int, reference_rounds: int) -> dict:
     shapes = wrn_param_shapes()
     numel = sum(torch.Size(s).numel() for s in shapes)
     costs = one_time_costs(device, shapes)
-    opts = {name: make(f, shapes, device) for name, f in candidates(device).items()}
+    opts = {name: make(f, shapes, device) for name, f in candidates().items()}
     for opt in opts.values():  # warm-up: state allocation, kernel build or compile
         opt.step()
     times: dict[str, list[float]] = {name: [] for name in opts}

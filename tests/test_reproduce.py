@@ -10,7 +10,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from dissecting_adam import reproduce as rp
-from dissecting_adam.search import Outcome
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -85,4 +84,3 @@ def test_metric_modes(tmp_path):
         assert rp.metric_of(cfg, job, summary) == 0.25
         loss_cfg = _cfg(tmp_path, "search.metric=train_loss")
         assert rp.metric_of(loss_cfg, job, summary) == 1.5
-    assert Outcome("completed", 0.25).metric == 0.25

@@ -105,6 +105,9 @@ def train(
             run.checkpoint_file, model=model, optimizer=optimizer, scheduler=scheduler
         )
         start, counters = restored["step"], restored["runner"]
+        if counters.get("peak_loss") is not None:  # the window open at the checkpoint
+            device = next(model.parameters()).device
+            peak = torch.tensor(counters["peak_loss"], device=device)
         run.truncate_metrics(counters["metrics_size"])  # drop rows written after it
         checkpoint.skip(batches, start)  # the data position
         log.info("resumed %s at step %d", run.path, start)
@@ -150,7 +153,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss = problem.training_loss(model, batch)
         loss.backward()
-        peak = _running_max(peak, loss.detach(), counters.pop("peak_loss", None))
+        peak = loss.detach().clone() if peak is None else torch.maximum(peak, loss.detach())
         if step % settings.log_every == 0:
             value = loss.item()
             row = {"step": step, "split": "minibatch", "loss": value}
@@ -198,13 +201,6 @@ def evaluate(problem: Problem, model: torch.nn.Module, step: int) -> list[dict]:
         result = problem.evaluate(model, split)
         rows.append({"step": step, "split": split, **result._asdict()})
     return rows
-
-
-def _running_max(peak: torch.Tensor | None, loss: torch.Tensor, restored: float | None):
-    """max(peak, loss) on the loss's device; NaN propagates. ``restored``: a checkpoint's."""
-    if peak is None and restored is not None:
-        peak = torch.tensor(restored, dtype=loss.dtype, device=loss.device)
-    return loss.clone() if peak is None else torch.maximum(peak, loss)
 
 
 def diverging(loss: float, initial: float, factor: float | None) -> str | None:
