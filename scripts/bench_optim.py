@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG, _native
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf, _native
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
 
@@ -53,6 +53,10 @@ def candidates() -> dict[str, callable]:
         "SVAG fused": lambda p: SVAG(p, lr=1e-3, **fused),
         "M-SSD foreach": lambda p: MSSD(p, lr=1e-3),
         "M-SSD fused": lambda p: MSSD(p, lr=1e-3, **fused),
+        "M-SSD-VA foreach": lambda p: MSSDVA(p, lr=1e-3),
+        "M-SSD-VA fused": lambda p: MSSDVA(p, lr=1e-3, **fused),
+        "M-SSD-erf foreach": lambda p: MSSDErf(p, lr=1e-3),
+        "M-SSD-erf fused": lambda p: MSSDErf(p, lr=1e-3, **fused),
         "M-SGD foreach": lambda p: MSGD(p, lr=1e-3),
         "M-SGD fused": lambda p: MSGD(p, lr=1e-3, **fused),
         "M-SVAG reference": lambda p: ReferenceOptimizer(p, "msvag", lr=1e-3),

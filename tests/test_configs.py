@@ -18,7 +18,7 @@ from dissecting_adam.runconfig import execute, plan
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PROBLEMS = ["fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404", "tolstoi_char_rnn"]
-OPTIMIZERS = ["msgd", "mssd", "msvag", "svag", "sgd", "ssd", "adam"]
+OPTIMIZERS = ["msgd", "mssd", "msvag", "svag", "sgd", "ssd", "adam", "mssd_va", "mssd_erf"]
 PROFILES = ["paper", "smoke", "preview"]
 SCHEDULES = {
     "paper": [],
@@ -105,6 +105,9 @@ def test_paper_schedule_scales_with_a_shorter_budget():
 def test_optimizer_defaults_follow_the_paper():
     for name, beta in [("msgd", 0.9), ("mssd", 0.9), ("msvag", 0.9), ("sgd", 0.0), ("ssd", 0.0)]:
         assert plan(make_cfg([f"optimizer={name}"])).optimizer_kwargs["beta"] == beta
+    for name in ("mssd_va", "mssd_erf"):  # paper §C variants: M-SSD's lr and beta
+        kwargs = plan(make_cfg([f"optimizer={name}"])).optimizer_kwargs
+        assert kwargs == plan(make_cfg(["optimizer=mssd"])).optimizer_kwargs
     adam = plan(make_cfg(["optimizer=adam"]))
     assert adam.make_optimizer.func.__name__ == "Adam"
 

@@ -9,9 +9,16 @@ import math
 import pytest
 import torch
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG, _native
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf, _engine, _native
 
-CLASSES = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+CLASSES = {
+    "msgd": MSGD,
+    "mssd": MSSD,
+    "msvag": MSVAG,
+    "svag": SVAG,
+    "mssd_va": MSSDVA,
+    "mssd_erf": MSSDErf,
+}
 IMPLS = {"loop": {"foreach": False}, "foreach": {}, "fused": {"fused": True}}
 
 
@@ -63,7 +70,7 @@ def test_invalid_beta(cls, beta):
         cls([torch.zeros(2, requires_grad=True)], lr=0.1, beta=beta)
 
 
-@pytest.mark.parametrize("cls", [MSVAG, SVAG])
+@pytest.mark.parametrize("cls", [MSVAG, SVAG, MSSDVA, MSSDErf])
 def test_variance_methods_need_positive_beta(cls):
     with pytest.raises(ValueError, match="0 < beta < 1"):
         cls([torch.zeros(2, requires_grad=True)], lr=0.1, beta=0.0)
@@ -148,7 +155,7 @@ def test_state_holds_step_and_averages(method):
     for _ in range(3):
         p.grad = torch.ones(4)
         opt.step()
-    expected = {"step", "m", "v"} if method in ("msvag", "svag") else {"step", "m"}
+    expected = {"step", "m", "v"} if method in _engine._USES_V else {"step", "m"}
     assert set(opt.state[p]) == expected
     assert opt.state[p]["step"] == 3
     assert opt.state_dict()["state"][0]["step"] == 3
@@ -275,7 +282,6 @@ def test_kernel_builds_into_the_cache(monkeypatch, tmp_path):
 @pytest.mark.parametrize("method", CLASSES)
 def test_compiled_fused_backend_matches_reference_on_cpu(method):
     """The torch.compile fused path (used on CUDA) checked on the CPU."""
-    from dissecting_adam.optim import _engine
     from dissecting_adam.optim.reference import ReferenceOptimizer
 
     gen = torch.Generator().manual_seed(0)
@@ -289,7 +295,7 @@ def test_compiled_fused_backend_matches_reference_on_cpu(method):
             x.grad = g.clone()
         ref.step()
         _engine.update(
-            method, p, grads, state["m"], state["v"] if method in ("msvag", "svag") else None,
+            method, p, grads, state["m"], state["v"] if method in _engine._USES_V else None,
             [t, t], lr=0.1, beta=0.9, fused=True, fused_backend="compile",
         )  # fmt: skip
     for a, b in zip(p, q, strict=True):

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
 import torch
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG, rho
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf, rho
 from dissecting_adam.optim import reference as ref
 
-CLASSES = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+CLASSES = {
+    "msgd": MSGD,
+    "mssd": MSSD,
+    "msvag": MSVAG,
+    "svag": SVAG,
+    "mssd_va": MSSDVA,
+    "mssd_erf": MSSDErf,
+}
+SIGN_METHODS = ("mssd", "mssd_va", "mssd_erf")
 IMPLS = {"loop": {"foreach": False}, "foreach": {}, "fused": {"fused": True}}
 
 
@@ -49,8 +58,8 @@ def test_first_step(method, impl):
     theta = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
     p, _ = _one(method, impl, g, lr=0.1, theta=theta)
     # M-SGD, M-SVAG and SVAG: the bias-corrected average is g and gamma = 1: an SGD step.
-    # M-SSD: a sign step; the zero coordinate does not move.
-    direction = torch.sign(g) if method == "mssd" else g
+    # M-SSD, M-SSD-VA, M-SSD-erf: s = 0, so a sign step; the zero coordinate does not move.
+    direction = torch.sign(g) if method in SIGN_METHODS else g
     torch.testing.assert_close(p, theta - 0.1 * direction, rtol=0, atol=1e-15)
 
 
@@ -69,6 +78,54 @@ def test_second_step_msvag_and_svag_by_hand(impl):
         expected = -0.1 * (1 + float(step2))  # first step is an SGD step of size 1
         assert p.item() == pytest.approx(expected, rel=1e-14)
         assert opt.state[p]["m"].item() == 1.75 and opt.state[p]["v"].item() == 4.75
+
+
+# beta = 1/2, rho(1/2, 1) = 5/9. g = 1 then 3: m = 7/3, v = 19/3, s = 2, rho s / m^2 = 10/49.
+# g = 1 then -1: m = -1/3, v = 1, s = 2, rho s / m^2 = 10. The factor of the second step:
+SECOND_STEP = {
+    ("mssd_va", 3.0): 7 / math.sqrt(59),  # (1 + 10/49)^(-1/2)
+    ("mssd_va", -1.0): 1 / math.sqrt(11),  # (1 + 10)^(-1/2)
+    ("mssd_erf", 3.0): math.erf(7 / math.sqrt(20)),  # erf(|m| / sqrt(2 rho s)), 2 rho s = 20/9
+    ("mssd_erf", -1.0): math.erf(1 / math.sqrt(20)),  # erf((1/3) / sqrt(20/9))
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("method, g2", SECOND_STEP)
+def test_second_step_sign_methods_by_hand(method, g2, impl):
+    """First a sign step of size lr; then sign(m) times the factor from exact m, s, rho."""
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = CLASSES[method]([p], lr=0.1, beta=0.5, **IMPLS[impl])
+    for g in (1.0, g2):
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+    factor = SECOND_STEP[method, g2]
+    expected = -0.1 * (1 + math.copysign(factor, g2))  # sign(m) = sign(g2) here
+    assert p.item() == pytest.approx(expected, rel=1e-14)
+    m_tilde, v_tilde = (1.75, 4.75) if g2 == 3.0 else (-0.25, 0.75)
+    assert opt.state[p]["m"].item() == m_tilde and opt.state[p]["v"].item() == v_tilde
+    assert opt.state[p]["step"] == 2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("method", ["mssd_va", "mssd_erf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_gradient_sign_factor_stays_one(method, dtype, impl):
+    """Zero variance (s <= 0 up to round-off): the factor is 1 and the run is M-SSD's."""
+    g = torch.tensor([0.3, -2.0, 1e-20, 7e3, 0.0], dtype=dtype)
+    a = torch.zeros(5, dtype=dtype, requires_grad=True)
+    b = torch.zeros(5, dtype=dtype, requires_grad=True)
+    oa = CLASSES[method]([a], lr=1e-3, **IMPLS[impl])
+    ob = MSSD([b], lr=1e-3, **IMPLS[impl])
+    for _ in range(2000):
+        a.grad, b.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    assert torch.isfinite(a).all() and torch.isfinite(oa.state[a]["v"]).all()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(a, b, rtol=tol, atol=0)
+    walk_tol = 1e-12 if dtype == torch.float64 else 2e-3  # float32: 2,000 rounded additions
+    torch.testing.assert_close(b, -2.0 * torch.sign(g), rtol=walk_tol, atol=0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -124,10 +181,12 @@ def test_mssd_momentum_persists_between_steps(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_mssd_zero_average_does_not_move(impl):
-    """beta = 1/2, g = 1 then -1/2: m~ = 1/2 then exactly 0, so the second step is 0."""
+@pytest.mark.parametrize("method", SIGN_METHODS)
+def test_mssd_zero_average_does_not_move(method, impl):
+    """beta = 1/2, g = 1 then -1/2: m~ = 1/2 then exactly 0, so the second step is 0
+    (for the variance-adapted methods v~ = 3/8 > 0 there: s > 0 and no 0/0)."""
     p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = MSSD([p], lr=0.25, beta=0.5, **IMPLS[impl])
+    opt = CLASSES[method]([p], lr=0.25, beta=0.5, **IMPLS[impl])
     p.grad = torch.tensor([1.0], dtype=torch.float64)
     opt.step()
     p.grad = torch.tensor([-0.5], dtype=torch.float64)
@@ -176,3 +235,31 @@ def test_gamma_is_a_shrinkage_factor(method, impl):
         gamma = step[plain != 0] / plain[plain != 0]
         assert (gamma >= -1e-12).all() and (gamma <= 1 + 1e-12).all()
         q.data.copy_(p.data)  # compare the next step from the same point
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("method", ["mssd_va", "mssd_erf"])
+def test_sign_factor_is_a_shrinkage_factor(method, impl):
+    """Each step of M-SSD-VA (M-SSD-erf) is a factor in [0, 1] times M-SSD's step, and
+    noisy coordinates get factors well below 1."""
+    gen = torch.Generator().manual_seed(1)
+    p = torch.zeros(1000, dtype=torch.float64, requires_grad=True)
+    q = torch.zeros(1000, dtype=torch.float64, requires_grad=True)
+    opt = CLASSES[method]([p], lr=1.0, **IMPLS[impl])
+    base = MSSD([q], lr=1.0, **IMPLS[impl])
+    for t in range(50):
+        before_p, before_q = p.detach().clone(), q.detach().clone()
+        g = torch.randn(1000, dtype=torch.float64, generator=gen) * 3 + 0.5
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        base.step()
+        step, plain = before_p - p.detach(), before_q - q.detach()
+        assert torch.equal(opt.state[p]["m"], base.state[q]["m"])
+        torch.testing.assert_close(plain.abs(), torch.ones_like(plain))  # a sign step
+        factor = step / plain
+        assert (factor >= -1e-12).all() and (factor <= 1 + 1e-12).all()
+        if t == 0:
+            torch.testing.assert_close(factor, torch.ones_like(factor))  # s_0 = 0
+        else:
+            assert factor.median() < 0.9
+        q.data.copy_(p.data)

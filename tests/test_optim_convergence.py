@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf
 
 # name -> (factory, lr for the quadratic, (lr, steps) for Rosenbrock). Plain sign
 # descent has no momentum to follow Rosenbrock's curved valley and needs more steps.
@@ -14,6 +14,9 @@ OPTIMIZERS = {
     "msgd": (lambda p, lr: MSGD(p, lr=lr), 0.1, (2e-3, 6000)),
     "ssd": (lambda p, lr: MSSD(p, lr=lr, beta=0.0), 0.01, (1e-3, 20_000)),
     "mssd": (lambda p, lr: MSSD(p, lr=lr), 0.01, (2e-3, 6000)),
+    "mssd_va": (lambda p, lr: MSSDVA(p, lr=lr), 0.01, (2e-3, 6000)),
+    "mssd_erf": (lambda p, lr: MSSDErf(p, lr=lr), 0.01, (2e-3, 6000)),
+    "mssd_erf_fused": (lambda p, lr: MSSDErf(p, lr=lr, fused=True), 0.01, (2e-3, 6000)),
     "msvag": (lambda p, lr: MSVAG(p, lr=lr), 0.1, (2e-3, 6000)),
     "svag": (lambda p, lr: SVAG(p, lr=lr), 0.1, (2e-3, 6000)),
     "msvag_fused": (lambda p, lr: MSVAG(p, lr=lr, fused=True), 0.1, (2e-3, 6000)),

@@ -7,10 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
-CLASSES = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+CLASSES = {
+    "msgd": MSGD,
+    "mssd": MSSD,
+    "msvag": MSVAG,
+    "svag": SVAG,
+    "mssd_va": MSSDVA,
+    "mssd_erf": MSSDErf,
+}
 IMPLS = {"loop": {"foreach": False}, "foreach": {}, "fused": {"fused": True}}
 
 # Gradients over many orders of magnitude, exact zeros and repeated values included.

@@ -12,10 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dissecting_adam.optim import MSGD, MSSD, MSVAG, SVAG
+from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
-CLASSES = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+CLASSES = {
+    "msgd": MSGD,
+    "mssd": MSSD,
+    "msvag": MSVAG,
+    "svag": SVAG,
+    "mssd_va": MSSDVA,
+    "mssd_erf": MSSDErf,
+}
 IMPLS = {
     "loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -52,7 +59,7 @@ def _gradient(shape, step, gen, dtype):
     flat = g.view(-1)
     flat[:1] = 0.0  # always-zero coordinate: m = v = 0
     if flat.numel() > 2:
-        flat[1:2] = 0.75  # constant coordinate: zero variance, gamma = 1
+        flat[1:2] = 0.75  # constant coordinate: zero variance, gamma = 1 (sign factors 1)
     return g.to(dtype)
 
 

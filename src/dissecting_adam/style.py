@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-#: Colour of each method, the same in every figure (colour-blind safe, Okabe-Ito).
+#: Colour of each method, the same in every figure (colour-blind safe: Okabe-Ito, and
+#: Paul Tol's "muted" wine and indigo for the variance-adapted sign methods).
 METHOD_COLORS = {
     "sgd": "#999999",
     "msgd": "#0072B2",
@@ -10,6 +11,8 @@ METHOD_COLORS = {
     "mssd": "#D55E00",
     "msvag": "#009E73",
     "svag": "#56B4E9",
+    "mssd_va": "#882255",
+    "mssd_erf": "#332288",
     "adam": "#E69F00",
     "rmsprop": "#F0E442",
     "gd": "#0072B2",
@@ -24,6 +27,8 @@ METHOD_LABELS = {
     "mssd": "M-SSD",
     "msvag": "M-SVAG",
     "svag": "SVAG",
+    "mssd_va": "M-SSD-VA",
+    "mssd_erf": "M-SSD-erf",
     "adam": "Adam",
     "rmsprop": "RMSProp",
     "gd": "GD",

@@ -1,7 +1,8 @@
 """Optimizers of "Dissecting Adam" (Balles & Hennig, ICML 2018).
 
 ``MSGD``, ``MSSD``, ``MSVAG`` and ``SVAG`` are ``torch.optim.Optimizer``
-subclasses; SGD and SSD are ``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam
+subclasses, as are the variance-adapted sign methods ``MSSDVA`` and ``MSSDErf``
+(paper §C); SGD and SSD are ``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam
 arm of the paper is ``torch.optim.Adam`` with its defaults. The functional
 cores (``msgd`` ...) update lists of tensors in place; ``reference`` holds the
 literal, slow implementations the fast ones are tested against.
@@ -10,9 +11,32 @@ literal, slow implementations the fast ones are tested against.
 from ._engine import rho
 from .msgd import MSGD, msgd
 from .mssd import MSSD, mssd
+from .mssd_va import MSSDVA, MSSDErf, mssd_erf, mssd_va
 from .msvag import MSVAG, msvag
 from .svag import SVAG, svag
 
-OPTIMIZERS = {"msgd": MSGD, "mssd": MSSD, "msvag": MSVAG, "svag": SVAG}
+OPTIMIZERS = {
+    "msgd": MSGD,
+    "mssd": MSSD,
+    "msvag": MSVAG,
+    "svag": SVAG,
+    "mssd_va": MSSDVA,
+    "mssd_erf": MSSDErf,
+}
 
-__all__ = ["MSGD", "MSSD", "MSVAG", "SVAG", "OPTIMIZERS", "msgd", "mssd", "msvag", "svag", "rho"]
+__all__ = [
+    "MSGD",
+    "MSSD",
+    "MSVAG",
+    "SVAG",
+    "MSSDVA",
+    "MSSDErf",
+    "OPTIMIZERS",
+    "msgd",
+    "mssd",
+    "msvag",
+    "svag",
+    "mssd_va",
+    "mssd_erf",
+    "rho",
+]

@@ -1,4 +1,4 @@
-"""The thin torch.optim.Optimizer shell shared by the four methods.
+"""The thin torch.optim.Optimizer shell shared by the methods of ``_engine.METHODS``.
 
 It validates hyperparameters, creates state lazily, gathers flat lists and
 hands them to the functional core in ``_engine.py``. The step counter t and
@@ -63,11 +63,11 @@ class MomentOptimizer(Optimizer):
         lr = param_group.get("lr", self.defaults["lr"])
         beta = param_group.get("beta", self.defaults["beta"])
         _check_lr(lr)
-        _check_beta(beta, self.method in ("msvag", "svag"), self.name)
+        _check_beta(beta, self.method in _engine._USES_V, self.name)
         super().add_param_group(param_group)
 
     def _init_group(self, group, params, grads, m, v, steps) -> None:
-        needs_v = self.method in ("msvag", "svag")
+        needs_v = self.method in _engine._USES_V
         needs_m = needs_v or group["beta"] > 0.0
         state_of = self.state
         for p in group["params"]:

@@ -1,6 +1,6 @@
-"""Shared functional core of M-SGD, M-SSD, M-SVAG and SVAG.
+"""Shared functional core of M-SGD, M-SSD, M-SVAG, SVAG, M-SSD-VA and M-SSD-erf.
 
-All four methods keep the same moving averages (paper Eq. 4-5, one beta):
+All six methods keep the same moving averages (paper Eq. 4-5, one beta):
 
     m~ <- beta m~ + (1 - beta) g,   v~ <- beta v~ + (1 - beta) g^2,
     c  = 1 / (1 - beta^(t+1))       (bias correction: m = c m~, v = c v~).
@@ -18,6 +18,15 @@ the paper's clip; where m~ = 0 the update is 0 whatever gamma is, so the
 paper's 0/0 case (m = v = 0) leaves the coordinate where it is. There is no
 epsilon.
 
+The variance-adapted sign methods (paper §C, SPEC §4) use the same a, den and
+lam (kappa = rho) and move by lr sign(m~) times a factor in [0, 1]:
+
+    M-SSD-VA:  (1 + rho s / m^2)^(-1/2)   = sqrt(gamma) = sqrt(a / den),
+    M-SSD-erf: erf(|m| / sqrt(2 rho s))   = erf(sqrt(a / (2 r))),  r = lam (v~ - a).
+
+Where s <= 0 (s_0 = 0, zero variance, round-off) the factor is 1 (erf(inf)
+= 1); where m~ = 0 the sign is 0 and the coordinate does not move.
+
 Three implementations of the same maths, all tested against
 ``reference.py``: a per-tensor loop (``foreach=False``), the multi-tensor
 ``torch._foreach_*`` path (the default) and a single-pass fused path
@@ -32,8 +41,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-METHODS = ("msgd", "mssd", "msvag", "svag")
-_USES_V = ("msvag", "svag")
+METHODS = ("msgd", "mssd", "msvag", "svag", "mssd_va", "mssd_erf")
+_USES_V = ("msvag", "svag", "mssd_va", "mssd_erf")
 
 
 def rho(beta: float, t: int) -> float:
@@ -54,7 +63,7 @@ def coefficients(method: str, lr: float, beta: float, t: int) -> tuple[float, fl
     lam = 0.0
     if method in _USES_V and t > 0:
         r = rho(beta, t)
-        lam = (r if method == "msvag" else 1.0) / (1.0 - r)
+        lam = (1.0 if method == "svag" else r) / (1.0 - r)
     lr_eff = lr * c if method in ("msgd", "msvag") else lr
     return lr_eff, c, lam
 
@@ -81,8 +90,17 @@ def _single_tensor(
     assert v is not None
     v.mul_(beta).addcmul_(g, g, value=1.0 - beta)
     a = mt * mt * c
+    if method == "mssd_erf":
+        r = (v - a) * lam  # rho s / c; r <= 0: zero variance, factor erf(inf) = 1
+        pos = r > 0
+        factor = torch.where(pos, torch.erf(torch.sqrt(a / torch.where(pos, 2.0 * r, 1.0))), 1.0)
+        p.sub_(torch.sign(mt) * factor * lr_eff)
+        return
     den = a + (v - a) * lam
     gamma = torch.where(den > a, a / torch.where(den > a, den, 1.0), 1.0)
+    if method == "mssd_va":
+        p.sub_(torch.sign(mt) * torch.sqrt(gamma) * lr_eff)
+        return
     d = mt if method == "msvag" else g
     p.sub_(gamma * d * lr_eff)
 
@@ -109,6 +127,9 @@ def _foreach(
     assert v is not None
     torch._foreach_mul_(v, beta)
     torch._foreach_addcmul_(v, g, g, value=1.0 - beta)
+    if method == "mssd_erf":
+        _foreach_erf_factor(p, mt, v, lr_eff, c, lam)
+        return
     a = torch._foreach_mul(mt, mt)  # m~^2
     den = torch._foreach_mul(v, lam)
     torch._foreach_add_(den, a, alpha=c * (1.0 - lam))  # den = a + lam (v~ - a), a = c m~^2
@@ -122,7 +143,33 @@ def _foreach(
     torch._foreach_sub_(zero, 1.0)
     torch._foreach_sub_(den, zero)
     torch._foreach_div_(a, den)  # gamma, in [0, 1]; dividing first avoids underflow
+    if method == "mssd_va":
+        torch._foreach_sqrt_(a)
+        torch._foreach_addcmul_(p, torch._foreach_sign(mt), a, value=-lr_eff)
+        return
     torch._foreach_addcmul_(p, a, mt if method == "msvag" else g, value=-lr_eff)
+
+
+def _foreach_erf_factor(
+    p: list[Tensor], mt: list[Tensor], v: list[Tensor], lr_eff: float, c: float, lam: float
+) -> None:
+    """M-SSD-erf's step p -= lr sign(m~) erf(sqrt(a / (2 r))) over a list of tensors."""
+    a = torch._foreach_mul(mt, mt)
+    torch._foreach_mul_(a, c)  # a = c m~^2 = m^2 / c
+    r = torch._foreach_mul(v, lam)
+    torch._foreach_add_(r, a, alpha=-lam)  # r = lam (v~ - a) = rho s / c
+    torch._foreach_clamp_min_(r, 0.0)  # s <= 0: a / 0 = inf below, erf(inf) = 1
+    torch._foreach_abs_(r)  # an underflow can leave -0.0, and a / -0 = -inf
+    torch._foreach_mul_(r, 2.0)
+    # Where a = 0 the sign below is 0 and the factor only has to be finite: adding
+    # 1 - sign(a) (exactly 1 there, exactly 0 elsewhere) turns 0/0 into 1/0.
+    one = torch._foreach_sign(a)
+    torch._foreach_sub_(one, 1.0)
+    torch._foreach_sub_(a, one)
+    torch._foreach_div_(a, r)  # m^2 / (2 rho s), inf where s <= 0
+    torch._foreach_sqrt_(a)
+    torch._foreach_erf_(a)
+    torch._foreach_addcmul_(p, torch._foreach_sign(mt), a, value=-lr_eff)
 
 
 # --------------------------------------------------------------------------- fused
@@ -244,10 +291,10 @@ def update(
     """Apply one step of ``method`` in place to ``params`` and the averages ``m``, ``v``.
 
     Args:
-        method: one of ``"msgd"``, ``"mssd"``, ``"msvag"``, ``"svag"``.
+        method: one of ``METHODS``.
         params, grads: parameters and their gradients.
         m, v: the un-corrected averages m~ and v~ (``m`` is None when beta = 0 for
-            M-SGD and M-SSD; ``v`` is None for them always).
+            M-SGD and M-SSD; ``v`` is None for them always and needed by the others).
         steps: for each parameter, the number of steps it has taken so far (t).
         lr, beta: step size and averaging constant.
         foreach: multi-tensor path (default) or a per-tensor loop (False).

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-METHOD_CODES = {"msgd": 0, "mssd": 1, "msvag": 2, "svag": 3}
+METHOD_CODES = {"msgd": 0, "mssd": 1, "msvag": 2, "svag": 3, "mssd_va": 4, "mssd_erf": 5}
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
 
 _lock = threading.Lock()
@@ -65,12 +65,18 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+#: -fno-math-errno lets sqrt compile to one (vectorised) instruction; results are unchanged.
+_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
+
+
 def _compile(src: Path, out: Path, cc: str) -> None:
-    base = [cc, "-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp"]
+    base = [cc, *_FLAGS]
     attempts = [base + ["-march=native"], base]
     errors = []
     for args in attempts:
-        proc = subprocess.run([*args, str(src), "-o", str(out)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [*args, str(src), "-o", str(out), "-lm"], capture_output=True, text=True
+        )
         if proc.returncode == 0:
             return
         errors.append(f"$ {' '.join(args)} ...\n{proc.stderr.strip()}")
@@ -98,7 +104,8 @@ def load() -> ctypes.CDLL:
                 "found. Install gcc or clang (or set CC), or use fused=None (multi-tensor path)."
             )
         source = _source()
-        key = hashlib.sha256("\0".join([source, cc, _cpu_signature()]).encode()).hexdigest()[:16]
+        parts = [source, cc, *_FLAGS, _cpu_signature()]
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
         cache = _cache_dir()
         target = cache / f"moments-{key}.so"
         if not target.exists():

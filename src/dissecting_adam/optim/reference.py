@@ -2,7 +2,8 @@
 
 Each function follows the pseudo-code of Balles & Hennig (2018) line by line,
 one tensor at a time, with no algebraic rewriting: Alg. 1 (M-SVAG), Alg. 2
-(M-SGD, M-SSD) and SVAG (§4.3 / SPEC §1). They are slow on purpose; the fast
+(M-SGD, M-SSD), SVAG (§4.3 / SPEC §1) and the variance-adapted sign methods
+M-SSD-VA and M-SSD-erf (§C / SPEC §4). They are slow on purpose; the fast
 optimizers in this package are tested against them over long random runs.
 
 ``ReferenceOptimizer`` wraps them in the torch.optim interface so that a test
@@ -74,7 +75,52 @@ def svag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> 
     theta.copy_(theta - lr * (gamma * g))
 
 
-STEPS = {"msgd": msgd_step, "mssd": mssd_step, "msvag": msvag_step, "svag": svag_step}
+def _mean_and_variance(g: Tensor, state: dict, beta: float) -> tuple:
+    """Bias-corrected mean m, variance estimate s and rho, as in Alg. 1."""
+    t = state.setdefault("t", 0)
+    m_tilde = state.setdefault("m_tilde", torch.zeros_like(g))
+    v_tilde = state.setdefault("v_tilde", torch.zeros_like(g))
+    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
+    v_tilde.copy_(beta * v_tilde + (1 - beta) * g**2)
+    m = m_tilde / (1 - beta ** (t + 1))
+    v = v_tilde / (1 - beta ** (t + 1))
+    r = rho(beta, t)
+    if t == 0:
+        s = torch.zeros_like(m)  # s_0 = 0 (paper §4.4); 1 - rho(beta, 0) = 0
+    else:
+        s = (v - m**2) / (1 - r)
+    state["t"] = t + 1
+    return m, s, r
+
+
+def mssd_va_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """§C: theta <- theta - alpha sign(m) (1 + rho s / m^2)^(-1/2)."""
+    m, s, r = _mean_and_variance(g, state, beta)
+    factor = (1 + r * s / m**2) ** (-1 / 2)  # m = 0, s > 0: (1 + inf)^(-1/2) = 0
+    # s <= 0 (s_0 = 0, zero variance, round-off): factor 1; this also covers the
+    # 0/0 (m = s = 0) and the negative bases. sign(0) = 0 then makes no move.
+    factor = torch.where(s > 0, factor, 1.0)
+    theta.copy_(theta - lr * torch.sign(m) * factor)
+
+
+def mssd_erf_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """§C, Lemma 1: theta <- theta - alpha sign(m) erf(|m| / sqrt(2 rho s))."""
+    m, s, r = _mean_and_variance(g, state, beta)
+    factor = torch.erf(m.abs() / torch.sqrt(2 * r * s))
+    # s = 0 gives |m| / 0 = inf and erf(inf) = 1; set s <= 0 to 1 explicitly, which
+    # covers 0/0 (m = s = 0) and sqrt of a negative s (round-off) too.
+    factor = torch.where(s > 0, factor, 1.0)
+    theta.copy_(theta - lr * torch.sign(m) * factor)
+
+
+STEPS = {
+    "msgd": msgd_step,
+    "mssd": mssd_step,
+    "msvag": msvag_step,
+    "svag": svag_step,
+    "mssd_va": mssd_va_step,
+    "mssd_erf": mssd_erf_step,
+}
 
 
 class ReferenceOptimizer(torch.optim.Optimizer):

@@ -1,5 +1,6 @@
 /*
- * Single-pass multi-tensor update for M-SGD, M-SSD, M-SVAG and SVAG on the CPU.
+ * Single-pass multi-tensor update for M-SGD, M-SSD, M-SVAG, SVAG, M-SSD-VA and
+ * M-SSD-erf on the CPU.
  *
  * One call updates every tensor of one parameter group (one dtype): the work
  * is cut into fixed-size chunks across all tensors and the chunks are shared
@@ -12,7 +13,7 @@
  * float32 and bfloat16 tensors and in double for float64 tensors.
  *
  * The caller groups tensors by step t and passes lr_eff, c = 1 / (1 - beta^(t+1))
- * and lam (M-SVAG: rho / (1 - rho); SVAG: 1 / (1 - rho); 0 at t = 0):
+ * and lam (SVAG: 1 / (1 - rho); the others: rho / (1 - rho); 0 at t = 0):
  *   m    <- beta m + (1 - beta) g          (m == NULL: beta = 0, m is g)
  *   v    <- beta v + (1 - beta) g^2
  *   a     = c m^2                          (= (1 - beta^(t+1)) * m_hat^2)
@@ -22,12 +23,23 @@
  *   M-SSD:  p -= lr_eff sign(m)    (lr_eff = lr)
  *   M-SVAG: p -= lr_eff gamma m    (lr_eff = lr c)
  *   SVAG:   p -= lr_eff gamma g    (lr_eff = lr)
+ *   M-SSD-VA:  p -= lr_eff sign(m) sqrt(gamma)            (lr_eff = lr)
+ *   M-SSD-erf: p -= lr_eff sign(m) erf(sqrt(a / (2 r))),  r = lam (v - a),
+ *              with factor 1 where r <= 0 (zero variance)  (lr_eff = lr)
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { METHOD_MSGD = 0, METHOD_MSSD = 1, METHOD_MSVAG = 2, METHOD_SVAG = 3 };
+enum {
+    METHOD_MSGD = 0,
+    METHOD_MSSD = 1,
+    METHOD_MSVAG = 2,
+    METHOD_SVAG = 3,
+    METHOD_MSSD_VA = 4,
+    METHOD_MSSD_ERF = 5
+};
 enum { DTYPE_F32 = 0, DTYPE_F64 = 1, DTYPE_BF16 = 2 };
 
 #define CHUNK 16384
@@ -55,9 +67,10 @@ static inline uint16_t bf16_store(float f) {
 #define LOAD_BF16(x) bf16_load(x)
 #define STORE_BF16(x) bf16_store(x)
 
-/* One chunk [lo, hi) of one tensor. METHOD is a compile-time constant in each
- * instantiation so that the inner loop has no branches and vectorises. */
-#define DEFINE_CHUNK(SUFFIX, T, ACC, LOAD, STORE)                                              \
+/* One chunk [lo, hi) of one tensor. The method is tested outside the inner loops
+ * so that each loop has no branches and vectorises. SQRT and ERF are the libm
+ * functions of the accumulation type (sqrtf, erff for float). */
+#define DEFINE_CHUNK(SUFFIX, T, ACC, LOAD, STORE, SQRT, ERF)                                   \
     static void chunk_##SUFFIX(int method, T *restrict p, const T *restrict g,                 \
                                T *restrict m, T *restrict v, int64_t lo, int64_t hi,           \
                                ACC beta, ACC lr_eff, ACC c, ACC lam) {                         \
@@ -68,9 +81,41 @@ static inline uint16_t bf16_store(float f) {
             for (i = lo; i < hi; ++i) {                                                        \
                 ACC gi = LOAD(g[i]);                                                           \
                 ACC mi = m ? beta * LOAD(m[i]) + omb * gi : gi;                                \
-                ACC d = sign ? (mi > 0 ? (ACC)1 : (mi < 0 ? (ACC)-1 : (ACC)0)) : mi;                                \
+                ACC d = sign ? (mi > 0 ? (ACC)1 : (mi < 0 ? (ACC)-1 : (ACC)0)) : mi;           \
                 p[i] = STORE(LOAD(p[i]) - lr_eff * d);                                         \
                 if (m) m[i] = STORE(mi);                                                       \
+            }                                                                                  \
+            return;                                                                            \
+        }                                                                                      \
+        if (method == METHOD_MSSD_VA) { /* sqrt(gamma); a loop of its own vectorises */        \
+            for (i = lo; i < hi; ++i) {                                                        \
+                ACC gi = LOAD(g[i]);                                                           \
+                ACC mi = beta * LOAD(m[i]) + omb * gi;                                         \
+                ACC vi = beta * LOAD(v[i]) + omb * gi * gi;                                    \
+                ACC a = c * mi * mi;                                                           \
+                ACC den = a + lam * (vi - a);                                                  \
+                ACC q = a / (den > a ? den : (ACC)1);                                          \
+                ACC f = den > a ? SQRT(q) : (ACC)1;                                            \
+                ACC d = mi > 0 ? (ACC)1 : (mi < 0 ? (ACC)-1 : (ACC)0);                         \
+                p[i] = STORE(LOAD(p[i]) - lr_eff * d * f);                                     \
+                m[i] = STORE(mi);                                                              \
+                v[i] = STORE(vi);                                                              \
+            }                                                                                  \
+            return;                                                                            \
+        }                                                                                      \
+        if (method == METHOD_MSSD_ERF) { /* r <= 0: zero variance, factor erf(inf) = 1 */      \
+            for (i = lo; i < hi; ++i) {                                                        \
+                ACC gi = LOAD(g[i]);                                                           \
+                ACC mi = beta * LOAD(m[i]) + omb * gi;                                         \
+                ACC vi = beta * LOAD(v[i]) + omb * gi * gi;                                    \
+                ACC a = c * mi * mi;                                                           \
+                ACC r = lam * (vi - a);                                                        \
+                ACC x2 = a / (r > 0 ? (ACC)2 * r : (ACC)1);                                    \
+                ACC f = r > 0 ? ERF(SQRT(x2)) : (ACC)1;                                        \
+                ACC d = mi > 0 ? (ACC)1 : (mi < 0 ? (ACC)-1 : (ACC)0);                         \
+                p[i] = STORE(LOAD(p[i]) - lr_eff * d * f);                                     \
+                m[i] = STORE(mi);                                                              \
+                v[i] = STORE(vi);                                                              \
             }                                                                                  \
             return;                                                                            \
         }                                                                                      \
@@ -92,15 +137,15 @@ static inline uint16_t bf16_store(float f) {
         }                                                                                      \
     }
 
-DEFINE_CHUNK(f32, float, float, LOAD_F32, STORE_F32)
-DEFINE_CHUNK(f64, double, double, LOAD_F64, STORE_F64)
-DEFINE_CHUNK(bf16, uint16_t, float, LOAD_BF16, STORE_BF16)
+DEFINE_CHUNK(f32, float, float, LOAD_F32, STORE_F32, sqrtf, erff)
+DEFINE_CHUNK(f64, double, double, LOAD_F64, STORE_F64, sqrt, erf)
+DEFINE_CHUNK(bf16, uint16_t, float, LOAD_BF16, STORE_BF16, sqrtf, erff)
 
 /* Returns 0 on success, 1 on bad arguments, 2 when out of memory. */
 int moments_step(int method, int dtype, int64_t n_tensors, void **p, void **g, void **m, void **v,
                  const int64_t *numel, double lr_eff, double c, double lam, double beta,
                  int n_threads) {
-    if (method < METHOD_MSGD || method > METHOD_SVAG || dtype < DTYPE_F32 || dtype > DTYPE_BF16)
+    if (method < METHOD_MSGD || method > METHOD_MSSD_ERF || dtype < DTYPE_F32 || dtype > DTYPE_BF16)
         return 1;
     int64_t n_chunks = 0;
     for (int64_t k = 0; k < n_tensors; ++k) n_chunks += (numel[k] + CHUNK - 1) / CHUNK;
