@@ -4,6 +4,7 @@
     python scripts/train.py profile=smoke                      # seconds on a CPU
     python scripts/train.py -m optimizer=msgd,mssd,msvag,adam seed='range(10)'
     python scripts/train.py -m hydra/launcher=joblib optimizer.lr=0.01,0.1
+    python scripts/train.py problem=fmnist_2c2d 'seeds=[0,1,2,3,4]' parallel_seeds=5
 
 Settings live in conf/train.yaml and its groups; docs/runner.md explains them, the store
 layout and resuming. A finished run of the same config returns at once (force=true reruns);
@@ -21,25 +22,26 @@ from omegaconf import DictConfig
 
 from dissecting_adam.problems import DataError
 from dissecting_adam.results import ResultsError
-from dissecting_adam.runconfig import ConfigError, execute
+from dissecting_adam.runconfig import ConfigError, execute_all
 from dissecting_adam.train import Interrupted
 
 log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> list[dict]:
     try:
-        summary = execute(cfg)
+        summaries = execute_all(cfg)
     except (ConfigError, ResultsError, DataError) as err:
         log.error("%s", err)
         sys.exit(1)
     except Interrupted as err:  # SIGTERM: checkpointed, resumes when rerun
         log.warning("%s", err)
         sys.exit(143)
-    word = "already " + summary["status"] if summary["skipped"] else summary["status"]
-    log.info("%s: %s", summary["run_dir"], word)
-    return summary
+    for summary in summaries:
+        word = "already " + summary["status"] if summary["skipped"] else summary["status"]
+        log.info("%s: %s", summary["run_dir"], word)
+    return summaries
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import results
+from . import parallel, results
 from .environment import environment
 from .loggers import NoLogger, WandbLogger
 from .problems import Problem, load
@@ -217,6 +217,23 @@ def synthetic_sources(folder: Path) -> dict:
     }
 
 
+@contextlib.contextmanager
+def data_source(cfg: DictConfig):
+    """Yield ``(cfg, source)``: for ``data.variant=synthetic`` generated files in a temp folder."""
+    if cfg.data.variant != "synthetic":
+        yield cfg, None
+        return
+    with tempfile.TemporaryDirectory(prefix="synthetic-") as folder:
+        source = synthetic_sources(Path(folder))[cfg.problem.name]
+        yield OmegaConf.merge(cfg, {"data": {"mirror": folder, "root": folder}}), source
+
+
+def configure_device(cfg: DictConfig, device: str) -> None:
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
+
+
 def make_logger(cfg: DictConfig, p: RunPlan):
     if cfg.logger.name == "none":
         return NoLogger()
@@ -239,12 +256,7 @@ def execute(cfg: DictConfig) -> dict:
 
     Returns the summary, with ``skipped: True`` when the record already existed.
     """
-    with contextlib.ExitStack() as stack:
-        source = None
-        if cfg.data.variant == "synthetic":
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="synthetic-")))
-            source = synthetic_sources(folder)[cfg.problem.name]
-            cfg = OmegaConf.merge(cfg, {"data": {"mirror": str(folder), "root": str(folder)}})
+    with data_source(cfg) as (cfg, source):
         p = plan(cfg, source)
         results.check_writable(p.results_root)
         if p.run.is_finished(p.identity) and not cfg.force:
@@ -256,9 +268,7 @@ def execute(cfg: DictConfig) -> dict:
             )
             return {**summary, "skipped": True, "run_dir": str(p.run.path)}
         p.run.start(p.identity, OmegaConf.to_yaml(cfg, resolve=True), force=bool(cfg.force))
-        if p.device.startswith("cuda"):
-            torch.backends.cuda.matmul.allow_tf32 = bool(cfg.allow_tf32)
-            torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
+        configure_device(cfg, p.device)
         session = {"start": _now(), "device": p.device, "resumed": p.run.checkpoint_file.exists()}
         t0 = time.perf_counter()
         model = p.problem.build_model(p.settings.seed)
@@ -284,6 +294,38 @@ def execute(cfg: DictConfig) -> dict:
             p.run.add_session({**session, **_env_device(p.device)})
             logger.finish(summary)
         return {**summary, "skipped": False, "run_dir": str(p.run.path)}
+
+
+def execute_all(cfg: DictConfig) -> list[dict]:
+    """``seed``, or each of ``seeds`` in groups of ``parallel_seeds``; one summary per seed.
+
+    Finished seeds are skipped first (``force=true`` reruns them), then the rest train in
+    groups of K (``parallel.execute_group``); a group of one is an ordinary single run.
+    """
+    k = cfg.get("parallel_seeds", 1)
+    seeds = cfg.get("seeds")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"parallel_seeds must be an integer >= 1 (1: off), got {k!r}")
+    if seeds is None:
+        seeds = [cfg.seed]
+    elif not OmegaConf.is_list(seeds) or not all(type(s) is int for s in seeds) or not seeds:
+        raise ConfigError(f"seeds must be a list of integers, e.g. 'seeds=[0,1,2]', got {seeds}")
+    seeds = list(dict.fromkeys(seeds))
+    parallel.check(cfg, k)
+    summaries, todo = {}, []
+    for seed in seeds:
+        one = OmegaConf.merge(cfg, {"seed": seed})
+        if k > 1 and not cfg.force and (p := plan(one)).run.is_finished(p.identity):
+            summaries[seed] = execute(one)  # skips at once and says so
+        else:
+            todo.append(seed)
+    for i in range(0, len(todo), k):
+        group = todo[i : i + k]
+        if len(group) == 1:
+            summaries[group[0]] = execute(OmegaConf.merge(cfg, {"seed": group[0]}))
+        else:
+            summaries.update(zip(group, parallel.execute_group(cfg, group), strict=True))
+    return [summaries[s] for s in seeds]
 
 
 @contextlib.contextmanager
