@@ -57,6 +57,9 @@ smoke: install ## A run of a few seconds on real Fashion-MNIST (needs data/ or D
 collect: install ## Gather results/$(PROFILE) into results/$(PROFILE)/runs.parquet
 	$(PY) scripts/collect.py --profile $(PROFILE)
 
+bench-minibatch: install ## Extra cost per step of mini-batch variance estimates (M-SVAG-mb vs M-SVAG)
+	$(PY) scripts/bench_minibatch.py
+
 bench-runner: install ## Runner overhead vs a bare loop, and one evaluation pass (~2 min on a CPU)
 	$(PY) scripts/bench_runner.py
 
@@ -72,7 +75,10 @@ wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
 reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=basic|joblib|submitit_slurm
 	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER)
 
+reproduce-extended: install ## Fig. 5's methods + M-SSD-VA, M-SSD-erf (§C) and M-SVAG-mb (§D): PROFILE, PROBLEMS, LAUNCHER as above
+	$(PY) scripts/reproduce.py --config-name reproduce_extended profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER)
+
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 clean
+.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 reproduce-extended bench-minibatch clean

@@ -19,7 +19,10 @@ PROBLEM_TITLES = {
     "cifar100_wrn404": "P3 CIFAR-100 WRN-40-4",
     "tolstoi_char_rnn": "P4 Tolstoi char-RNN",
 }
-METHOD_ORDER = ("msgd", "mssd", "msvag", "adam", "sgd", "ssd", "svag")
+METHOD_ORDER = (
+    "msgd", "mssd", "msvag", "adam", "sgd", "ssd", "svag", "mssd_va", "mssd_erf", "msvag_mb",
+    "svag_mb",
+)  # fmt: skip
 
 
 def _methods(present) -> list[str]:
@@ -62,7 +65,7 @@ def fig5(
         axes[1, 0].set_ylabel("test accuracy")
         fig.legend(
             list(handles.values()), [label(m) for m in handles], loc="outside lower center",
-            ncols=len(handles), frameon=False,
+            ncols=min(len(handles), 4 if column == "half" else 7), frameon=False,
         )  # fmt: skip
         return _save(fig, out)
 

@@ -13,6 +13,8 @@ METHOD_COLORS = {
     "svag": "#56B4E9",
     "mssd_va": "#882255",
     "mssd_erf": "#332288",
+    "msvag_mb": "#117733",  # M-SVAG's family, darker: Paul Tol's green
+    "svag_mb": "#44AA99",
     "adam": "#E69F00",
     "rmsprop": "#F0E442",
     "gd": "#0072B2",
@@ -29,6 +31,8 @@ METHOD_LABELS = {
     "svag": "SVAG",
     "mssd_va": "M-SSD-VA",
     "mssd_erf": "M-SSD-erf",
+    "msvag_mb": "M-SVAG-mb",
+    "svag_mb": "SVAG-mb",
     "adam": "Adam",
     "rmsprop": "RMSProp",
     "gd": "GD",

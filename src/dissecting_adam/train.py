@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, per_example
 from .loggers import Logger, NoLogger
 from .problems import Problem
 from .results import RunDir
@@ -117,6 +117,9 @@ def train(
     model.train()
 
     # 2. The loop.
+    batch_variance = getattr(optimizer, "needs_batch_variance", False)
+    if batch_variance:
+        per_example.check_supported(model, problem.name)
     progress = _Progress(settings, start)
     status, diverged_step, reason = "completed", None, None
     step = start
@@ -151,8 +154,11 @@ def train(
 
         batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss = problem.training_loss(model, batch)
-        loss.backward()
+        if batch_variance:  # M-SVAG / SVAG with mini-batch variance estimates (§D)
+            loss = per_example.backward_with_variance(problem, model, batch)
+        else:
+            loss = problem.training_loss(model, batch)
+            loss.backward()
         peak = loss.detach().clone() if peak is None else torch.maximum(peak, loss.detach())
         if step % settings.log_every == 0:
             value = loss.item()

@@ -2,10 +2,13 @@
 
 ``MSGD``, ``MSSD``, ``MSVAG`` and ``SVAG`` are ``torch.optim.Optimizer``
 subclasses, as are the variance-adapted sign methods ``MSSDVA`` and ``MSSDErf``
-(paper §C); SGD and SSD are ``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam
-arm of the paper is ``torch.optim.Adam`` with its defaults. The functional
-cores (``msgd`` ...) update lists of tensors in place; ``reference`` holds the
-literal, slow implementations the fast ones are tested against.
+(paper §C) and M-SVAG / SVAG with mini-batch variance estimates, ``MSVAGMB``
+and ``SVAGMB`` (§D; they need ``per_example.backward_with_variance`` and are
+not in ``OPTIMIZERS``, which lists the drop-in methods). SGD and SSD are
+``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam arm of the paper is
+``torch.optim.Adam`` with its defaults. The functional cores (``msgd`` ...)
+update lists of tensors in place; ``reference`` holds the literal, slow
+implementations the fast ones are tested against.
 """
 
 from ._engine import rho
@@ -13,6 +16,7 @@ from .msgd import MSGD, msgd
 from .mssd import MSSD, mssd
 from .mssd_va import MSSDVA, MSSDErf, mssd_erf, mssd_va
 from .msvag import MSVAG, msvag
+from .msvag_mb import MSVAGMB, SVAGMB, msvag_mb, svag_mb
 from .svag import SVAG, svag
 
 OPTIMIZERS = {
@@ -31,6 +35,8 @@ __all__ = [
     "SVAG",
     "MSSDVA",
     "MSSDErf",
+    "MSVAGMB",
+    "SVAGMB",
     "OPTIMIZERS",
     "msgd",
     "mssd",
@@ -38,5 +44,7 @@ __all__ = [
     "svag",
     "mssd_va",
     "mssd_erf",
+    "msvag_mb",
+    "svag_mb",
     "rho",
 ]

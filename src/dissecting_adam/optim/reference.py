@@ -143,3 +143,48 @@ class ReferenceOptimizer(torch.optim.Optimizer):
                 if p.grad is not None:
                     STEPS[self.method](p, p.grad, self.state[p], group["lr"], group["beta"])
         return loss
+
+
+# --------------------------------------------------------------------------- §D
+def minibatch_variance_step(
+    theta: Tensor, g: Tensor, s_batch: Tensor, state: dict, lr: float, beta: float, method: str
+) -> None:
+    """M-SVAG / SVAG with the mini-batch variance estimate s_batch of this step (§D).
+
+    m~ and s~ are moving averages of g and s_batch with one beta and bias correction;
+    gamma = m^2 / (m^2 + kappa s), kappa = rho for M-SVAG and 1 for SVAG.
+    """
+    t = state.setdefault("t", 0)
+    m_tilde = state.setdefault("m_tilde", torch.zeros_like(theta))
+    s_tilde = state.setdefault("s_tilde", torch.zeros_like(theta))
+    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
+    s_tilde.copy_(beta * s_tilde + (1 - beta) * s_batch)
+    m = m_tilde / (1 - beta ** (t + 1))
+    s = s_tilde / (1 - beta ** (t + 1))
+    kappa = rho(beta, t) if method == "msvag_mb" else 1.0
+    gamma = m**2 / (m**2 + kappa * s)
+    gamma = torch.nan_to_num(gamma, nan=0.0)  # m = s = 0: 0/0 counts as 0
+    direction = m if method == "msvag_mb" else g
+    theta.copy_(theta - lr * (gamma * direction))
+    state["t"] = t + 1
+
+
+class ReferenceMiniBatchOptimizer(torch.optim.Optimizer):
+    """``minibatch_variance_step`` behind the torch.optim interface (reads p.batch_variance)."""
+
+    def __init__(self, params, method: str, lr: float, beta: float = 0.9):
+        if method not in ("msvag_mb", "svag_mb"):
+            raise ValueError(f"unknown method {method!r}; expected 'msvag_mb' or 'svag_mb'")
+        self.method = method
+        super().__init__(params, dict(lr=lr, beta=beta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    s_batch = p.batch_variance
+                    del p.batch_variance
+                    minibatch_variance_step(
+                        p, p.grad, s_batch, self.state[p], group["lr"], group["beta"], self.method
+                    )

@@ -70,6 +70,8 @@ class Problem(ABC):
 
     name: str
     Config: type[ProblemConfig] = ProblemConfig
+    #: Whether per-example gradients are defined (mini-batch variance, ``per_example``).
+    per_example_gradients: bool = True
 
     def __init__(self, config: ProblemConfig | None = None, source=None):
         """``source`` replaces the data set's description (tests use generated files)."""

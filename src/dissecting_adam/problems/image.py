@@ -135,6 +135,7 @@ class CIFAR100WRN404(CIFARProblem):
 
     name = "cifar100_wrn404"
     Config = CIFAR100WRN404Config
+    per_example_gradients = False  # BatchNorm in training mode mixes the examples
 
     def default_source(self):
         return CIFAR100

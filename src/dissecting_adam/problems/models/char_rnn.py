@@ -56,8 +56,21 @@ class CharRNN(nn.Module):
         state = self.state
         if state is not None and state[0][0].shape[1] != x.shape[0]:
             state = None  # a different number of streams: start afresh
+        logits, new_state = self.forward_from(x, state)
+        self.state = tuple((a.detach(), b.detach()) for a, b in new_state)
+        return logits
+
+    def zero_state(self, batch_size: int, like: torch.Tensor):
+        """The state a fresh batch of ``batch_size`` streams starts from (zeros)."""
+        zeros = lambda lstm: like.new_zeros(1, batch_size, lstm.hidden_size)  # noqa: E731
+        return tuple((zeros(lstm), zeros(lstm)) for lstm in (self.lstm1, self.lstm2))
+
+    def forward_from(self, x: torch.Tensor, state=None):
+        """The pure forward pass: (logits, final state) from ids (B, T) and a state or None.
+
+        Touches no attribute, so ``torch.func`` can map it over the examples of a batch.
+        """
         h = self.dropout(self.embedding(x))  # (B, T, H)
         h, s1 = self.lstm1(h, None if state is None else state[0])
         h, s2 = self.lstm2(self.dropout(self.dropout(h)), None if state is None else state[1])
-        self.state = tuple((a.detach(), b.detach()) for a, b in (s1, s2))
-        return self.dense(self.dropout(h))  # (B, T, V)
+        return self.dense(self.dropout(h)), (s1, s2)  # (B, T, V)
