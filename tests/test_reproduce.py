@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from dissecting_adam import reproduce as rp
 
@@ -84,3 +85,56 @@ def test_metric_modes(tmp_path):
         assert rp.metric_of(cfg, job, summary) == 0.25
         loss_cfg = _cfg(tmp_path, "search.metric=train_loss")
         assert rp.metric_of(loss_cfg, job, summary) == 1.5
+
+
+@pytest.mark.parametrize("profile", ["paper", "preview", "smoke"])
+def test_extended_config_composes_with_a_grid_for_every_method(profile):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("reproduce_extended", overrides=[f"profile={profile}"])
+    assert cfg.out_dir == f"results/{profile}/extended"
+    assert {"mssd_va", "mssd_erf", "msvag_mb"} <= set(cfg.optimizers)
+    for optimizer in cfg.optimizers:
+        assert cfg.search.grid.hi[optimizer] > cfg.search.grid.lo
+
+
+def test_unsupported_pairs_are_skipped_and_a_missing_grid_is_named(tmp_path, caplog):
+    rp._compose_train.cache_clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = _cfg(tmp_path)
+        pairs = [("cifar100_wrn404", "msvag_mb"), ("cifar100_wrn404", "msvag"),
+                 ("fmnist_2c2d", "msvag_mb")]  # fmt: skip
+        assert rp.supported_pairs(cfg, pairs) == pairs[1:]
+        assert "skipping cifar100_wrn404/msvag_mb" in caplog.text
+        with open_dict(cfg):
+            del cfg.search.grid.hi["mssd_erf"]
+        with pytest.raises(rp.ConfigError, match="search.grid.hi.mssd_erf"):
+            rp.supported_pairs(cfg, [("fmnist_2c2d", "mssd_erf")])
+
+
+def test_extended_smoke_with_parallel_replicates(tmp_path):
+    """§C and §D methods through the whole pipeline; replicates as one seed-parallel run."""
+    rp._compose_train.cache_clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            "reproduce_extended",
+            overrides=[
+                "profile=smoke", "problems=[fmnist_2c2d]", "optimizers=[mssd_va,msvag_mb]",
+                f"results_root={tmp_path}", "device=cpu", "estimate_steps=1",
+                "parallel_seeds=2", "search.replicate_seeds=[0,1,2]",  # seed 0: the search's
+                "overrides=['data.variant=synthetic','train.checkpoint_every=null',"
+                "'train.num_steps=2','problem.batch_size=4','problem.eval_batch_size=16']",
+            ],
+        )  # fmt: skip
+        rp.reproduce(cfg)
+    out = Path(cfg.out_dir)
+    assert out == tmp_path / "smoke" / "extended"
+    summary = (out / "summary.csv").read_text()
+    assert "mssd_va" in summary and "msvag_mb" in summary
+    assert (out / "fig5.png").stat().st_size > 0
+    # mssd_va's replicates ran as one parallel group; msvag_mb (per-example) one by one.
+    groups = {}
+    for env in tmp_path.rglob("environment.json"):
+        ident = json.loads((env.parent / "identity.json").read_text())
+        sessions = json.loads(env.read_text())["sessions"]
+        groups.setdefault(ident["optimizer"], set()).add(sessions[-1].get("parallel_seeds", 1))
+    assert groups["mssd_va"] >= {2} and groups["msvag_mb"] == {1}

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -215,6 +216,12 @@ def check(cfg: DictConfig, k: int) -> None:
         )
     if k > 1 and cfg.logger.name != "none":
         raise ConfigError(f"parallel_seeds={k} does not support logger={cfg.logger.name}")
+    target = hydra.utils.get_class(str(cfg.optimizer._target_))
+    if k > 1 and getattr(target, "needs_batch_variance", False):
+        raise ConfigError(
+            f"parallel_seeds={k} does not support optimizer={cfg.optimizer.name} (per-example "
+            "gradients of K stacked networks); use parallel_seeds=1"
+        )
 
 
 def execute_group(cfg: DictConfig, seeds: list[int]) -> list[dict]:

@@ -32,8 +32,8 @@ import pandas as pd
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from . import aggregate, claims, plots, results
-from .runconfig import execute, plan, synthetic_sources
+from . import aggregate, claims, parallel, plots, results
+from .runconfig import ConfigError, execute, execute_all, plan, synthetic_sources
 from .search import Outcome, StepSizeSearch, grid
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,44 @@ def _compose_train(overrides: tuple[str, ...]) -> DictConfig:
 
 
 def run_in_process(cfg: DictConfig, jobs: Sequence[Job]) -> None:
-    for job in jobs:
-        execute(run_config(cfg, job))
+    k = int(cfg.get("parallel_seeds", 1))
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:  # the seeds of one (problem, optimizer, lr, budget) can run as one
+        groups.setdefault((job.problem, job.optimizer, job.lr, job.num_steps), []).append(job)
+    for group in groups.values():
+        first = run_config(cfg, group[0])
+        if k > 1 and len(group) > 1 and _parallel_ok(first, k):
+            seeds = [job.seed for job in group]
+            execute_all(OmegaConf.merge(first, {"seeds": seeds, "parallel_seeds": k}))
+        else:
+            for job in group:
+                execute(run_config(cfg, job))
+
+
+def _parallel_ok(run_cfg: DictConfig, k: int) -> bool:
+    try:
+        parallel.check(run_cfg, k)  # CNN problems, drop-in optimizers, no wandb
+    except ConfigError:
+        return False
+    return True
+
+
+def supported_pairs(cfg: DictConfig, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (problem, optimizer) pairs that can run; the others are skipped with a warning."""
+    ok = []
+    for problem, optimizer in pairs:
+        if optimizer not in cfg.search.grid.hi:
+            raise ConfigError(
+                f"search '{cfg.search.name}' has no grid start for optimizer={optimizer}: add "
+                f"search.grid.hi.{optimizer} to conf/search/{cfg.search.name}.yaml"
+            )
+        try:
+            plan(run_config(cfg, Job(problem, optimizer, 0.1, 0)))
+        except ConfigError as err:
+            log.warning("skipping %s/%s: %s", problem, optimizer, err)
+        else:
+            ok.append((problem, optimizer))
+    return ok
 
 
 def run_with_launcher(cfg: DictConfig, jobs: Sequence[Job]) -> None:
@@ -336,7 +372,7 @@ def write_outputs(cfg: DictConfig, selections: dict, out: Path) -> dict[str, Pat
 
 
 def reproduce(cfg: DictConfig) -> dict[str, Path]:
-    pairs = [(p, o) for p in cfg.problems for o in cfg.optimizers]
+    pairs = supported_pairs(cfg, [(p, o) for p in cfg.problems for o in cfg.optimizers])
     run = run_in_process if cfg.launcher == "basic" else run_with_launcher
     n_seeds = len(cfg.search.replicate_seeds)
     print(

@@ -196,6 +196,13 @@ def plan(cfg: DictConfig, source=None) -> RunPlan:
     opt_name, factory, kwargs = optimizer_parts(cfg)
     device = resolve_device(str(cfg.device))
     problem = build_problem(cfg, device, source)
+    if getattr(factory.func, "needs_batch_variance", False) and not problem.per_example_gradients:
+        raise ConfigError(
+            f"optimizer={opt_name} estimates the gradient variance from per-example gradients, "
+            f"which are not defined for problem={problem.name} (BatchNorm in training mode "
+            "mixes the examples of a mini-batch). Use optimizer=msvag or optimizer=svag "
+            "(moving-average variance) on this problem."
+        )
     settings = train_settings(cfg, problem.num_steps)
     ident = identity(cfg, problem, opt_name, kwargs, settings)
     root = Path(cfg.results_root)
