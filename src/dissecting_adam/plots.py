@@ -40,7 +40,7 @@ def fig5(
     ``curves`` is ``aggregate.curves`` of the replicate runs; ``selected`` maps
     (problem, optimizer) to the step size whose replicates are drawn.
     """
-    column = "full" if len(problems) > 2 else "half"  # one or two problems: a narrow figure
+    column = "full" if len(problems) > 1 else "half"  # one problem: a single-column figure
     with plt.rc_context(paper_rc(column=column, nrows=2, ncols=len(problems))):
         fig, axes = plt.subplots(2, len(problems), squeeze=False, sharex="col")
         handles = {}
