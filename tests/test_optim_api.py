@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -273,6 +275,35 @@ def test_kernel_builds_into_the_cache(monkeypatch, tmp_path):
     _native.load()
     assert len(list((tmp_path / "kernels").glob("moments-*.so"))) == 1
     assert _native.build_seconds is not None and _native.build_seconds < 30
+
+
+def test_kernel_builds_without_libmvec(monkeypatch, tmp_path):
+    """Where libmvec is missing (musl, macOS) the build falls back to scalar erf."""
+    wrapper = tmp_path / "cc-without-libmvec"
+    real = shutil.which(os.environ.get("CC", "cc"))
+    wrapper.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "-lmvec" ] && exit 1; done\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("DISSECTING_ADAM_CACHE", str(tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(5000, generator=gen, dtype=torch.float64) for _ in range(2)]
+    grads = [[torch.randn(5000, generator=gen, dtype=torch.float64) for _ in range(2)]
+             for _ in range(5)]  # fmt: skip
+    moved = []
+    for fused in (True, False):  # the scalar-erf kernel against the multi-tensor path
+        ps = [p.clone().requires_grad_() for p in params]
+        opt = MSSDErf(ps, lr=0.1, fused=fused)
+        for gs in grads:
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = g
+            opt.step()
+        moved.append([p.detach() for p in ps])
+    monkeypatch.setattr(_native, "_lib", None)  # the next test loads the usual kernel
+    for a, b in zip(*moved, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- other devices

@@ -71,11 +71,17 @@ _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
 
 def _compile(src: Path, out: Path, cc: str) -> None:
     base = [cc, *_FLAGS]
-    attempts = [base + ["-march=native"], base]
+    # Best first: this CPU's instructions and glibc's vector erf (libmvec), then without
+    # libmvec (musl, macOS, old glibc), then portable code.
+    attempts = [
+        (base + ["-march=native", "-DDA_USE_MVEC"], ["-lmvec", "-lm"]),
+        (base + ["-march=native"], ["-lm"]),
+        (base, ["-lm"]),
+    ]
     errors = []
-    for args in attempts:
+    for args, libs in attempts:
         proc = subprocess.run(
-            [*args, str(src), "-o", str(out), "-lm"], capture_output=True, text=True
+            [*args, str(src), "-o", str(out), *libs], capture_output=True, text=True
         )
         if proc.returncode == 0:
             return

@@ -32,6 +32,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef DA_USE_MVEC
+/* glibc's vector math library (libmvec, glibc >= 2.35) has SIMD variants of erf and
+ * erff accurate to ~1 ulp; declaring them lets the compiler vectorise the M-SSD-erf loop
+ * (~6x faster than one scalar erff per value). _native.py builds without this where
+ * libmvec is missing. */
+#pragma omp declare simd notinbranch
+float erff(float);
+#pragma omp declare simd notinbranch
+double erf(double);
+#endif
+
 enum {
     METHOD_MSGD = 0,
     METHOD_MSSD = 1,
@@ -111,7 +122,8 @@ static inline uint16_t bf16_store(float f) {
                 ACC a = c * mi * mi;                                                           \
                 ACC r = lam * (vi - a);                                                        \
                 ACC x2 = a / (r > 0 ? (ACC)2 * r : (ACC)1);                                    \
-                ACC f = r > 0 ? ERF(SQRT(x2)) : (ACC)1;                                        \
+                ACC e = ERF(SQRT(x2)); /* unconditional, so that it vectorises */              \
+                ACC f = r > 0 ? e : (ACC)1;                                                    \
                 ACC d = mi > 0 ? (ACC)1 : (mi < 0 ? (ACC)-1 : (ACC)0);                         \
                 p[i] = STORE(LOAD(p[i]) - lr_eff * d * f);                                     \
                 m[i] = STORE(mi);                                                              \
