@@ -260,38 +260,58 @@ def run_search(cfg: DictConfig, pairs: Sequence[tuple[str, str]], run: Callable)
 
 
 def estimate(cfg: DictConfig, pairs, steps_timed: int) -> str:
-    """Number of runs and a compute-time estimate from timing a few steps per problem."""
-    import torch
+    """Number of runs and a compute-time estimate from timing a few steps per problem.
 
+    Optimizers that need per-example gradients (M-SVAG-mb) are timed with them; the others
+    cost about what a plain backward pass costs.
+    """
     n_seeds = len(cfg.search.replicate_seeds)
     lines, total = [], 0.0
     stack = contextlib.ExitStack()
     for problem in dict.fromkeys(p for p, _ in pairs):
         p = _timing_problem(cfg, problem, stack)
-        model = p.build_model(0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        batches = p.train_batches(0)
-        opt.zero_grad()
-        p.training_loss(model, next(batches)).backward()  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps_timed):
-            opt.zero_grad()
-            p.training_loss(model, next(batches)).backward()
-            opt.step()
-        per_step = (time.perf_counter() - start) / steps_timed
-        n_opt = sum(1 for q, _ in pairs if q == problem)
-        full = budget(cfg, problem)
-        runs = n_opt * (int(cfg.search.points) + n_seeds)  # full-budget runs, at least
-        probes = n_opt * 3  # a guess: three probes per method
-        frac = float(cfg.search.probe_fraction)
-        seconds = per_step * full * (runs + probes * min(frac, 1.0))
+        optimizers = [o for q, o in pairs if q == problem]
+        mb = {o for o in optimizers if _needs_batch_variance(cfg, o)}
+        cost = {"plain": _time_backward(p, steps_timed, per_example=False)}
+        if mb:
+            cost["mb"] = _time_backward(p, steps_timed, per_example=True)
+        per_run_steps = budget(cfg, problem) * (
+            int(cfg.search.points) + n_seeds + 3 * min(float(cfg.search.probe_fraction), 1.0)
+        )  # full-budget runs at least, and a guess of three probes per method
+        seconds = sum(cost["mb" if o in mb else "plain"] for o in optimizers) * per_run_steps
         total += seconds
+        runs = len(optimizers) * (int(cfg.search.points) + n_seeds)
+        extra = f", {cost['mb'] * 1e3:.1f} with per-example gradients" if mb else ""
         lines.append(
-            f"  {problem}: {per_step * 1e3:.1f} ms/step x {full} steps; about {runs} "
-            f"full runs + {probes} probes: ~{seconds / 3600:.2f} h"
+            f"  {problem}: {cost['plain'] * 1e3:.1f} ms/step{extra} x {budget(cfg, problem)} "
+            f"steps; about {runs} full runs + {3 * len(optimizers)} probes: "
+            f"~{seconds / 3600:.2f} h"
         )
     stack.close()
     return "\n".join([*lines, f"  total: ~{total / 3600:.2f} h of training (evaluation extra)"])
+
+
+def _time_backward(p, steps: int, per_example: bool) -> float:
+    """Seconds per loss + backward pass (per-example gradients if asked), after a warm-up."""
+    from .per_example import backward_with_variance
+
+    model, batches = p.build_model(0), p.train_batches(0)
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        if per_example:
+            backward_with_variance(p, model, next(batches))
+        else:
+            p.training_loss(model, next(batches)).backward()
+    return (time.perf_counter() - start) / steps
+
+
+def _needs_batch_variance(cfg: DictConfig, optimizer: str) -> bool:
+    import hydra
+
+    target = run_config(cfg, Job("fmnist_2c2d", optimizer, 0.1, 0)).optimizer._target_
+    return bool(getattr(hydra.utils.get_class(target), "needs_batch_variance", False))
 
 
 def _timing_problem(cfg: DictConfig, problem: str, stack: contextlib.ExitStack):
