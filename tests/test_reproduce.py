@@ -52,6 +52,8 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
         assert paths["fig5"].exists()
         selection = json.loads((out / "selection.json").read_text())
         assert set(selection) == {"tolstoi_char_rnn/msgd", "tolstoi_char_rnn/adam"}
+        for sel in selection.values():  # the top of the smoke grid: msgd 0.1, adam 0.01
+            assert sel["at_grid_top"] == (sel["lr"] in (0.1, 0.01))
         printed = capsys.readouterr().out
         assert "pairs" in printed and "total: ~" in printed  # the run count and estimate
         # Every replicate seed of each selection is in the summary.

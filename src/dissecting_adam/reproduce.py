@@ -384,6 +384,8 @@ def write_outputs(cfg: DictConfig, selections: dict, out: Path) -> dict[str, Pat
             "metric": sel.metric,
             "tie_with": sel.tie_with,
             "on_lower_edge": sel.on_lower_edge,
+            # The largest step size tried was stable and won: a larger one may be better.
+            "at_grid_top": sel.lr >= float(cfg.search.grid.hi[o]),
         }
         for (p, o), (sel, _) in selections.items()
     }
@@ -410,6 +412,11 @@ def reproduce(cfg: DictConfig) -> dict[str, Path]:
             log.warning(
                 "%s/%s: selected lr %g is on the lower edge of the searched range", *pair, sel.lr
             )
+        elif sel.lr >= float(cfg.search.grid.hi[pair[1]]):
+            log.warning(
+                "%s/%s: selected lr %g is the top of the grid (search.grid.hi.%s), which was "
+                "stable; larger step sizes were not tried", *pair, sel.lr, pair[1]
+            )  # fmt: skip
     reps = [
         Job(p, o, sel.lr, int(s))
         for (p, o), (sel, _) in selections.items()
