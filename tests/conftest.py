@@ -17,3 +17,13 @@ def pytest_collection_modifyitems(config, items):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread: the runner tests' runs are tiny, and two threads on a shared 2-core
+    machine spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

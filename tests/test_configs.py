@@ -10,7 +10,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
@@ -139,15 +138,6 @@ def test_unknown_choice_lists_the_options(group, bad):
     options = PROBLEMS if group == "problem" else OPTIMIZERS
     for name in options:
         assert name in str(err.value)
-
-
-@pytest.fixture
-def one_thread():
-    """One CPU thread: these runs are tiny, and two threads on a shared 2-core machine spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

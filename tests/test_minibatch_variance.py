@@ -272,7 +272,7 @@ def test_step_needs_a_fresh_variance_and_resumes_exactly():
 # --------------------------------------------------------------------------- runner
 @pytest.mark.parametrize("problem", ["fmnist_2c2d", "tolstoi_char_rnn"])
 @pytest.mark.parametrize("optimizer", ["msvag_mb", "svag_mb"])
-def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer):
+def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer, one_thread):
     import json
     from pathlib import Path
 
@@ -289,13 +289,8 @@ def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer):
     ]  # fmt: skip
     if problem == "tolstoi_char_rnn":
         overrides.append("+problem.seq_length=5")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            summary = execute(compose("train", overrides=overrides))
-    finally:
-        torch.set_num_threads(threads)
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        summary = execute(compose("train", overrides=overrides))
     assert summary["status"] == "completed" and summary["steps_done"] == 4
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if r["split"] == "minibatch"]

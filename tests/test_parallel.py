@@ -20,19 +20,12 @@ from dissecting_adam.results import RunDir
 from dissecting_adam.runconfig import ConfigError, execute_all
 from dissecting_adam.train import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SEEDS = [0, 1, 2]
 #: In float64 a member equals its single run to rounding; in float32 batched convolutions
 #: sum in another order and M-SVAG's variance ratio amplifies that over ten steps.
 TOL = {torch.float64: (1e-9, 1e-10), torch.float32: (2e-3, 1e-4)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_cfg(root, *overrides):

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from dissecting_adam import checkpoint
@@ -17,17 +16,9 @@ from dissecting_adam.results import ResultsError, RunDir
 from dissecting_adam.runconfig import ConfigError, execute, plan
 from dissecting_adam.train import diverging
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FILES = ["identity.json", "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: these runs are tiny, and two threads on a shared 2-core machine spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_cfg(root, *overrides):
