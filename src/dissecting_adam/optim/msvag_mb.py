@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._base import _REAL_FLOATS, _check_lr
-from ._engine import rho
+from ._base import _REAL_FLOATS, _check_beta, _check_lr
+from ._engine import _partition, _take, rho
 
 METHODS = ("msvag_mb", "svag_mb")
 
@@ -74,12 +74,10 @@ def update(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype, steps[i]), []).append(i)
+    _, groups = _partition(params, grads, m, s, steps, fused=False)  # by device, dtype, t
     for (_, _, t), idx in groups.items():
         coef = _coefficients(method, lr, beta, t)
-        lists = [[xs[i] for i in idx] for xs in (params, grads, batch_variances, m, s)]
+        lists = [_take(xs, idx) for xs in (params, grads, batch_variances, m, s)]
         if foreach is False:
             for tensors in zip(*lists, strict=True):
                 _single_tensor(method, *tensors, beta, *coef)
@@ -112,8 +110,7 @@ class _MiniBatchVariance(Optimizer):
         lr = param_group.get("lr", self.defaults["lr"])
         beta = param_group.get("beta", self.defaults["beta"])
         _check_lr(lr)
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < 1:
-            raise ValueError(f"Invalid beta={beta!r}: it must lie in [0, 1) (the paper uses 0.9)")
+        _check_beta(beta, False, self.name)
         super().add_param_group(param_group)
 
     @torch.no_grad()

@@ -42,39 +42,6 @@ def mssd_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> 
     state["t"] = t + 1
 
 
-def _variance_factor(g: Tensor, state: dict, beta: float, kappa_is_rho: bool) -> tuple:
-    t = state.setdefault("t", 0)
-    m_tilde = state.setdefault("m_tilde", torch.zeros_like(g))
-    v_tilde = state.setdefault("v_tilde", torch.zeros_like(g))
-    m_tilde.copy_(beta * m_tilde + (1 - beta) * g)
-    v_tilde.copy_(beta * v_tilde + (1 - beta) * g**2)
-    m = m_tilde / (1 - beta ** (t + 1))
-    v = v_tilde / (1 - beta ** (t + 1))
-    r = rho(beta, t)
-    if t == 0:
-        s = torch.zeros_like(m)  # s_0 = 0 (paper §4.4); 1 - rho(beta, 0) = 0
-    else:
-        s = (v - m**2) / (1 - r)
-    kappa = r if kappa_is_rho else 1.0
-    gamma = m**2 / (m**2 + kappa * s)
-    gamma = torch.nan_to_num(gamma, nan=0.0)  # m = v = 0: 0/0 counts as 0
-    gamma = gamma.clamp(0.0, 1.0)  # round-off can leave [0, 1]
-    state["t"] = t + 1
-    return gamma, m
-
-
-def msvag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
-    """Alg. 1: gamma = m^2 / (m^2 + rho s), theta <- theta - alpha gamma m."""
-    gamma, m = _variance_factor(g, state, beta, kappa_is_rho=True)
-    theta.copy_(theta - lr * (gamma * m))
-
-
-def svag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
-    """SVAG: gamma = m^2 / (m^2 + s), theta <- theta - alpha gamma g."""
-    gamma, _ = _variance_factor(g, state, beta, kappa_is_rho=False)
-    theta.copy_(theta - lr * (gamma * g))
-
-
 def _mean_and_variance(g: Tensor, state: dict, beta: float) -> tuple:
     """Bias-corrected mean m, variance estimate s and rho, as in Alg. 1."""
     t = state.setdefault("t", 0)
@@ -91,6 +58,27 @@ def _mean_and_variance(g: Tensor, state: dict, beta: float) -> tuple:
         s = (v - m**2) / (1 - r)
     state["t"] = t + 1
     return m, s, r
+
+
+def _variance_factor(g: Tensor, state: dict, beta: float, kappa_is_rho: bool) -> tuple:
+    m, s, r = _mean_and_variance(g, state, beta)
+    kappa = r if kappa_is_rho else 1.0
+    gamma = m**2 / (m**2 + kappa * s)
+    gamma = torch.nan_to_num(gamma, nan=0.0)  # m = v = 0: 0/0 counts as 0
+    gamma = gamma.clamp(0.0, 1.0)  # round-off can leave [0, 1]
+    return gamma, m
+
+
+def msvag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """Alg. 1: gamma = m^2 / (m^2 + rho s), theta <- theta - alpha gamma m."""
+    gamma, m = _variance_factor(g, state, beta, kappa_is_rho=True)
+    theta.copy_(theta - lr * (gamma * m))
+
+
+def svag_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
+    """SVAG: gamma = m^2 / (m^2 + s), theta <- theta - alpha gamma g."""
+    gamma, _ = _variance_factor(g, state, beta, kappa_is_rho=False)
+    theta.copy_(theta - lr * (gamma * g))
 
 
 def mssd_va_step(theta: Tensor, g: Tensor, state: dict, lr: float, beta: float) -> None:
