@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam import parallel
-from dissecting_adam import train as train_module
+from dissecting_adam.runner import parallel
+from dissecting_adam.runner import loop as train_module
 from dissecting_adam.optim import MSVAG
 from dissecting_adam.problems import load
 from dissecting_adam.problems.datasets import synthetic
-from dissecting_adam.results import RunDir
+from dissecting_adam.runner.store import RunDir
 
 PROBLEMS = ("fmnist_2c2d", "cifar10_3c3d")
 

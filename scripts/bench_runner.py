@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam import train as train_module
+from dissecting_adam.runner import loop as train_module
 from dissecting_adam.optim import MSVAG
 from dissecting_adam.problems import DataError, load
-from dissecting_adam.results import RunDir
-from dissecting_adam.runconfig import synthetic_sources
+from dissecting_adam.runner.store import RunDir
+from dissecting_adam.runner.session import synthetic_sources
 
 
 def get_problem(name: str, device: str, data_root: str, scratch: Path):

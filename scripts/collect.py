@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dissecting_adam.results import collect, write_table
+from dissecting_adam.runner.store import collect, write_table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ import hydra
 from omegaconf import DictConfig
 
 from dissecting_adam.problems import PROBLEMS, DataError, load
-from dissecting_adam.reproduce import reproduce
-from dissecting_adam.results import ResultsError
-from dissecting_adam.runconfig import ConfigError
+from dissecting_adam.protocol.driver import reproduce
+from dissecting_adam.runner.store import ResultsError
+from dissecting_adam.runner.session import ConfigError
 
 log = logging.getLogger("reproduce")
 

@@ -21,9 +21,9 @@ import hydra
 from omegaconf import DictConfig
 
 from dissecting_adam.problems import DataError
-from dissecting_adam.results import ResultsError
-from dissecting_adam.runconfig import ConfigError, execute_all
-from dissecting_adam.train import Interrupted
+from dissecting_adam.runner.store import ResultsError
+from dissecting_adam.runner.session import ConfigError, execute_all
+from dissecting_adam.runner.loop import Interrupted
 
 log = logging.getLogger("train")
 

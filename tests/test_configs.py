@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from dissecting_adam.runconfig import ConfigError, execute, plan
+from dissecting_adam.runner.session import ConfigError, execute, plan
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PROBLEMS = ["fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404", "tolstoi_char_rnn"]

@@ -278,7 +278,7 @@ def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer, one
 
     from hydra import compose, initialize_config_dir
 
-    from dissecting_adam.runconfig import execute
+    from dissecting_adam.runner.session import execute
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     overrides = [

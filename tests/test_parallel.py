@@ -13,12 +13,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dissecting_adam import runconfig
-from dissecting_adam.parallel import train_parallel
+from dissecting_adam.runner import session as runconfig
+from dissecting_adam.runner.parallel import train_parallel
 from dissecting_adam.problems.batching import Batch
-from dissecting_adam.results import RunDir
-from dissecting_adam.runconfig import ConfigError, execute_all
-from dissecting_adam.train import train
+from dissecting_adam.runner.store import RunDir
+from dissecting_adam.runner.session import ConfigError, execute_all
+from dissecting_adam.runner.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

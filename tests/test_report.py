@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dissecting_adam import aggregate, claims, plots
+from dissecting_adam.protocol import aggregate, claims, plots
 
 
 def fake_runs(values: dict[str, tuple[float, float]], problem="fmnist_2c2d", seeds=5,

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from dissecting_adam import reproduce as rp
+from dissecting_adam.protocol import driver as rp
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dissecting_adam import results
-from dissecting_adam.results import RunDir, atomic_write_json, config_hash
+from dissecting_adam.runner import store as results
+from dissecting_adam.runner.store import RunDir, atomic_write_json, config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 

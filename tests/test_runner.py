@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dissecting_adam import checkpoint
+from dissecting_adam.runner import checkpoint
 from dissecting_adam.problems import DataError
-from dissecting_adam.results import ResultsError, RunDir
-from dissecting_adam.runconfig import ConfigError, execute, plan
-from dissecting_adam.train import diverging
+from dissecting_adam.runner.store import ResultsError, RunDir
+from dissecting_adam.runner.session import ConfigError, execute, plan
+from dissecting_adam.runner.loop import diverging
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dissecting_adam.results import RunDir
-from dissecting_adam.runconfig import execute
+from dissecting_adam.runner.store import RunDir
+from dissecting_adam.runner.session import execute
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dissecting_adam.search import Outcome, StepSizeSearch, grid
+from dissecting_adam.protocol.search import Outcome, StepSizeSearch, grid
 
 
 def test_grid_is_1_3_6_times_powers_of_ten_largest_first():

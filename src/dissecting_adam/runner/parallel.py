@@ -40,10 +40,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .problems import Problem
-from .problems.batching import Batch
-from .results import RunDir
-from .train import _KEYS, Interrupted, TrainSettings, _Progress, diverging, eval_steps, evaluate
+from ..problems import Problem
+from ..problems.batching import Batch
+from .store import RunDir
+from .loop import _KEYS, Interrupted, TrainSettings, _Progress, diverging, eval_steps, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _load_member(model: nn.Module, params: dict, buffers: dict, k: int | None) -
 # --- the runner's path ------------------------------------------------------------------
 def check(cfg: DictConfig, k: int) -> None:
     """Raise a ConfigError when ``parallel_seeds=k`` cannot run this config."""
-    from .runconfig import ConfigError
+    from .session import ConfigError
 
     if k > 1 and cfg.problem.name not in SUPPORTED:
         raise ConfigError(
@@ -226,7 +226,7 @@ def check(cfg: DictConfig, k: int) -> None:
 
 def execute_group(cfg: DictConfig, seeds: list[int]) -> list[dict]:
     """Train ``seeds`` (none of them finished) as one parallel group; one summary each."""
-    from . import runconfig  # runconfig imports this module
+    from . import session as runconfig  # session imports this module
 
     with runconfig.data_source(cfg) as (cfg, source):
         cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import checkpoint, per_example
+from .. import per_example
+from . import checkpoint
 from .loggers import Logger, NoLogger
-from .problems import Problem
-from .results import RunDir
+from ..problems import Problem
+from .store import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from .aggregate import final_values
-from .style import label
+from ..style import label
 
 LOWER_IS_BETTER = {"train_loss": True, "test_loss": True, "test_accuracy": False}
 SIGN = ("adam", "mssd")

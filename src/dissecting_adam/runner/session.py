@@ -26,13 +26,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import parallel, results
+from . import parallel
+from . import store as results
 from .environment import environment
 from .loggers import NoLogger, WandbLogger
-from .problems import Problem, load
-from .problems.datasets import synthetic
-from .results import RunDir
-from .train import Interrupted, TrainSettings, default_eval_every, train
+from ..problems import Problem, load
+from ..problems.datasets import synthetic
+from .store import RunDir
+from .loop import Interrupted, TrainSettings, default_eval_every, train
 
 log = logging.getLogger(__name__)
 

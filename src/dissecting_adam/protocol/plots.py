@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .style import color, label, paper_rc  # noqa: E402
+from ..style import color, label, paper_rc  # noqa: E402
 
 PROBLEM_TITLES = {
     "fmnist_2c2d": "P1 F-MNIST 2c2d",

@@ -32,8 +32,10 @@ import pandas as pd
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from . import aggregate, claims, parallel, plots, results
-from .runconfig import ConfigError, execute, execute_all, plan, synthetic_sources
+from ..runner import parallel
+from ..runner import store as results
+from . import aggregate, claims, plots
+from ..runner.session import ConfigError, execute, execute_all, plan, synthetic_sources
 from .search import Outcome, StepSizeSearch, grid
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,7 @@ def estimate(cfg: DictConfig, pairs, steps_timed: int) -> str:
 
 def _time_backward(p, steps: int, per_example: bool) -> float:
     """Seconds per loss + backward pass (per-example gradients if asked), after a warm-up."""
-    from .per_example import backward_with_variance
+    from ..per_example import backward_with_variance
 
     model, batches = p.build_model(0), p.train_batches(0)
     for i in range(steps + 1):
