@@ -72,13 +72,16 @@ fig3: install ## Fig. 3: the variance adaptation factors (seconds)
 wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
 	$(PY) scripts/wilson.py
 
-reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=basic|joblib|submitit_slurm
-	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER)
+reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=basic|joblib|submitit_slurm ARGS=overrides
+	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
+
+plan-fig5: install ## What reproduce-fig5 would run next and what the store holds (seconds; runs nothing)
+	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") dry_run=true $(ARGS)
 
 reproduce-extended: install ## Fig. 5's methods + M-SSD-VA, M-SSD-erf (§C) and M-SVAG-mb (§D): PROFILE, PROBLEMS, LAUNCHER as above
-	$(PY) scripts/reproduce.py --config-name reproduce_extended profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER)
+	$(PY) scripts/reproduce.py --config-name reproduce_extended profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 reproduce-extended bench-minibatch clean
+.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 plan-fig5 reproduce-extended bench-minibatch clean

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam.runner import parallel
-from dissecting_adam.runner import loop as train_module
 from dissecting_adam.optim import MSVAG
 from dissecting_adam.problems import load
 from dissecting_adam.problems.datasets import synthetic
+from dissecting_adam.runner import loop as train_module
+from dissecting_adam.runner import parallel
+from dissecting_adam.runner.spec import TrainSettings
 from dissecting_adam.runner.store import RunDir
 
 PROBLEMS = ("fmnist_2c2d", "cifar10_3c3d")
@@ -46,10 +47,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def settings(steps: int) -> train_module.TrainSettings:
-    return train_module.TrainSettings(
-        num_steps=steps, eval_every=steps, checkpoint_every=None, progress="off"
-    )
+def settings(steps: int) -> TrainSettings:
+    return TrainSettings(num_steps=steps, eval_every=steps, checkpoint_every=None, progress="off")
 
 
 def runs(folder: Path, seeds) -> list[RunDir]:
@@ -105,8 +104,8 @@ def main() -> None:
         f"{'device':6} {'problem':13} {'batch':>5} {'K':>3} {'seq ms/step':>12} "
         f"{'par ms/step':>12} {'speed-up':>9}"
     )
-    real_evaluate = parallel.evaluate, train_module.evaluate
-    parallel.evaluate = train_module.evaluate = lambda problem, model, step: []
+    real_evaluate = parallel.evaluation_rows, train_module.evaluation_rows
+    parallel.evaluation_rows = train_module.evaluation_rows = lambda *args: []
     try:
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
@@ -126,7 +125,7 @@ def main() -> None:
                         flush=True,
                     )
     finally:
-        parallel.evaluate, train_module.evaluate = real_evaluate
+        parallel.evaluation_rows, train_module.evaluation_rows = real_evaluate
 
 
 if __name__ == "__main__":

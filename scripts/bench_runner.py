@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam.runner import loop as train_module
 from dissecting_adam.optim import MSVAG
 from dissecting_adam.problems import DataError, load
+from dissecting_adam.runner import loop as train_module
+from dissecting_adam.runner.data import synthetic_sources
+from dissecting_adam.runner.spec import TrainSettings
 from dissecting_adam.runner.store import RunDir
-from dissecting_adam.runner.session import synthetic_sources
 
 
 def get_problem(name: str, device: str, data_root: str, scratch: Path):
@@ -68,7 +69,7 @@ def bare_loop(problem, model, opt, sched, batches, steps: int, device: str) -> f
 
 
 def runner_loop(problem, model, opt, sched, steps: int, folder: Path, device: str) -> float:
-    settings = train_module.TrainSettings(
+    settings = TrainSettings(
         num_steps=steps, eval_every=steps, checkpoint_every=None, progress="lines"
     )
     run = RunDir(folder)
@@ -90,8 +91,8 @@ def bench(name: str, args, scratch: Path) -> None:
     torch.manual_seed(0)
     bare_loop(problem, model, opt, sched, batches, 5, args.device)  # warm-up
 
-    real_evaluate = train_module.evaluate
-    train_module.evaluate = lambda problem, model, step: []  # evaluation off
+    real_evaluate = train_module.evaluation_rows
+    train_module.evaluation_rows = lambda *args: []  # evaluation off
     bare, runner = [], []
     try:
         for i in range(args.repeats):
@@ -99,7 +100,7 @@ def bench(name: str, args, scratch: Path) -> None:
             folder = scratch / f"run-{name}-{i}"
             runner.append(runner_loop(problem, model, opt, sched, args.steps, folder, args.device))
     finally:
-        train_module.evaluate = real_evaluate
+        train_module.evaluation_rows = real_evaluate
     b, r = statistics.median(bare), statistics.median(runner)
     print(
         f"{args.device:6} {name:17} {problem.batch_size:5d} {b * 1e3:9.2f} {r * 1e3:10.2f} "

@@ -3,37 +3,139 @@
     python scripts/reproduce.py                                   # the paper profile
     python scripts/reproduce.py profile=smoke 'problems=[fmnist_2c2d,tolstoi_char_rnn]'
     python scripts/reproduce.py launcher=joblib                   # fan runs out locally
+    python scripts/reproduce.py dry_run=true                      # the plan, nothing run
 
 Settings: conf/reproduce.yaml and conf/search/. Resumable: rerun after an interruption and
-finished runs are skipped. Outputs go to results/<profile>/fig5/.
+finished runs are skipped. Outputs go to results/<profile>/fig5/. This script turns the
+config into built objects (``build``): one base RunSpec per (problem, optimizer), composed
+once each, the search settings and a launcher; ``dissecting_adam.protocol`` does the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dissecting_adam.problems import PROBLEMS, DataError, load
-from dissecting_adam.protocol.driver import reproduce
+from dissecting_adam import methods
+from dissecting_adam.problems import PROBLEMS, DataError
+from dissecting_adam.protocol import claims, driver
+from dissecting_adam.protocol.estimate import estimate
+from dissecting_adam.protocol.launch import HydraMultirun, InProcess
+from dissecting_adam.protocol.search import SearchSettings
+from dissecting_adam.runner.data import problem_for
+from dissecting_adam.runner.plan import ConfigError, plan_pairs
 from dissecting_adam.runner.store import ResultsError
-from dissecting_adam.runner.session import ConfigError
 
 log = logging.getLogger("reproduce")
+TRAIN = Path(__file__).resolve().with_name("train.py")
+
+
+def search_settings(node: DictConfig) -> SearchSettings:
+    g = node.grid
+    try:
+        return SearchSettings(
+            name=str(node.name),
+            mantissas=tuple(float(m) for m in g.mantissas),
+            lo=float(g.lo),
+            grid_hi={k: float(v) for k, v in (g.hi or {}).items()},
+            probe_fraction=float(node.probe_fraction),
+            points=int(node.points),
+            max_extensions=int(node.max_extensions),
+            metric=str(node.metric),
+            mode=str(node.mode),
+            tolerance=float(node.tolerance),
+            search_seed=int(node.search_seed),
+            replicate_seeds=tuple(int(s) for s in node.replicate_seeds),
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def build(cfg: DictConfig) -> driver.Reproduction:
+    """The reproduction that ``cfg`` (conf/reproduce.yaml) describes; runs nothing."""
+    unknown = [p for p in cfg.problems if p not in PROBLEMS]
+    if unknown:
+        raise ConfigError(f"unknown problem(s) {unknown}; choose from {list(PROBLEMS)}")
+    search = search_settings(cfg.search)
+    pairs = [(p, o) for p in cfg.problems for o in cfg.optimizers]
+    for _, optimizer in pairs:
+        try:
+            method = methods.get(optimizer)
+        except KeyError as err:
+            raise ConfigError(f"optimizer={optimizer}: {err.args[0]}") from None
+        if search.grid_top(method) is None:
+            raise ConfigError(
+                f"search '{search.name}' has no grid start for optimizer={optimizer}: add "
+                f"'{search.name}' to its registry entry's grid_top (dissecting_adam.methods) "
+                f"or set search.grid.hi.{optimizer}=<lr> in conf/search/{search.name}.yaml"
+            )
+    overrides = [
+        f"profile={cfg.profile.name}",
+        f"results_root={cfg.results_root}",
+        f"device={cfg.device}",
+        f"data.root={cfg.data.root}",
+        "train.progress=lines",
+        *([f"data.mirror={cfg.data.mirror}"] if cfg.data.mirror else []),
+        *cfg.overrides,
+    ]
+    base = {}
+    for pair, spec in plan_pairs(pairs, overrides).items():
+        if isinstance(spec, ConfigError):
+            log.warning("skipping %s/%s: %s", *pair, spec)
+        else:
+            base[pair] = spec
+    if cfg.launcher == "basic":
+        launch = InProcess(int(cfg.parallel_seeds))
+    else:
+        launch = HydraMultirun(str(cfg.launcher), (sys.executable, str(TRAIN)))
+    try:
+        checks = claims.claims_from_dict(OmegaConf.to_container(cfg.claims, resolve=True))
+    except ValueError as err:
+        raise ConfigError(f"claims '{cfg.claims.name}': {err}") from err
+    return driver.Reproduction(
+        base, search, launch, Path(cfg.out_dir), str(cfg.profile.name), claims=checks
+    )
+
+
+def header(r: driver.Reproduction) -> str:
+    s = r.search
+    return (
+        f"Reproducing Fig. 5 ({r.profile} profile, search '{s.name}'): {len(r.pairs)} "
+        f"(problem, optimizer) pairs; per pair a probe, {s.points} search runs (+ up to "
+        f"{s.max_extensions} more) and {len(s.replicate_seeds)} seeds."
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Path] | None:
+    """The whole command: the plan (and exit, with ``dry_run``), data, runs, outputs."""
+    t0 = time.perf_counter()
+    r = build(cfg)
+    print(header(r), flush=True)
+    if cfg.dry_run:
+        print(driver.dry_run(r))
+        print(f"(planned in {time.perf_counter() - t0:.2f} s)")
+        if cfg.estimate:
+            print(estimate(r, int(cfg.estimate_steps)))
+        return None
+    firsts = {spec.problem: spec for spec in r.base.values()}.values()
+    for spec in firsts:  # data first: fail before any training if it is missing
+        if spec.data_variant == "real":
+            with problem_for(spec, "cpu") as problem:
+                problem.prepare()
+    if cfg.estimate is not False:
+        print(estimate(r, int(cfg.estimate_steps)), flush=True)
+    return driver.reproduce(r)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
-    unknown = [p for p in cfg.problems if p not in PROBLEMS]
-    if unknown:
-        log.error("unknown problem(s) %s; choose from %s", unknown, list(PROBLEMS))
-        sys.exit(1)
     try:
-        for name in cfg.problems:  # data first: fail before any training if it is missing
-            load(name, data_root=cfg.data.root, mirror=cfg.data.mirror).prepare()
-        reproduce(cfg)
+        run(cfg)
     except (ConfigError, ResultsError, DataError) as err:
         log.error("%s", err)
         sys.exit(1)

@@ -7,9 +7,10 @@
     python scripts/train.py problem=fmnist_2c2d 'seeds=[0,1,2,3,4]' parallel_seeds=5
 
 Settings live in conf/train.yaml and its groups; docs/runner.md explains them, the store
-layout and resuming. A finished run of the same config returns at once (force=true reruns);
-a killed run resumes from its last checkpoint. Bad input exits with status 1 and a message
-that says how to fix it.
+layout and resuming. The config is resolved into RunSpecs (``plan``), which the runner
+executes: a finished run of the same spec returns at once (force=true reruns), a killed
+run resumes from its last checkpoint. Bad input exits with status 1 and a message that
+says how to fix it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import hydra
 from omegaconf import DictConfig
 
 from dissecting_adam.problems import DataError
-from dissecting_adam.runner.store import ResultsError
-from dissecting_adam.runner.session import ConfigError, execute_all
 from dissecting_adam.runner.loop import Interrupted
+from dissecting_adam.runner.plan import ConfigError, plan_seeds
+from dissecting_adam.runner.session import execute_seeds
+from dissecting_adam.runner.store import ResultsError
 
 log = logging.getLogger("train")
 
@@ -31,7 +33,8 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> list[dict]:
     try:
-        summaries = execute_all(cfg)
+        specs, parallel_seeds = plan_seeds(cfg)
+        summaries = execute_seeds(specs, parallel_seeds)
     except (ConfigError, ResultsError, DataError) as err:
         log.error("%s", err)
         sys.exit(1)

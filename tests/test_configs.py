@@ -10,17 +10,17 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from dissecting_adam.runner.session import ConfigError, execute, plan
+from dissecting_adam import methods
+from dissecting_adam.runner.plan import ConfigError, plan
+from dissecting_adam.runner.session import execute
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PROBLEMS = ["fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404", "tolstoi_char_rnn"]
-OPTIMIZERS = [
-    "msgd", "mssd", "msvag", "svag", "sgd", "ssd", "adam", "mssd_va", "mssd_erf", "msvag_mb",
-    "svag_mb",
-]  # fmt: skip
+OPTIMIZERS = methods.names()  # the registry: each needs its conf/optimizer/<name>.yaml
 #: Pairs refused at plan time: per-example gradients are not defined under BatchNorm.
 UNSUPPORTED = {("cifar100_wrn404", "msvag_mb"), ("cifar100_wrn404", "svag_mb")}
 PROFILES = ["paper", "smoke", "preview"]
@@ -57,8 +57,8 @@ def _check(cfg, prob, opt, prof):
             plan(cfg)
         return None
     p = plan(cfg)  # builds the problem (no data) and tries the optimizer on a dummy tensor
-    assert (p.problem.name, p.optimizer_name) == (prob, opt)
-    assert p.run.path.parts[-5:-2] == (prof, prob, opt)
+    assert (p.problem, p.optimizer.name) == (prob, opt)
+    assert p.run_dir().path.parts[-5:-2] == (prof, prob, opt)
     return p
 
 
@@ -71,7 +71,7 @@ def test_every_problem_optimizer_profile_composes_and_plans():
             )
             p = _check(cfg, prob, opt, prof)
             if p is not None:
-                paths.add(p.run.path)
+                paths.add(p.run_dir().path)
     n_plannable = len(PROBLEMS) * len(OPTIMIZERS) - len(UNSUPPORTED)
     assert len(paths) == n_plannable * len(PROFILES)
 
@@ -83,7 +83,7 @@ def test_every_schedule_and_logger_composes_with_every_problem():
             cfg = compose("train", overrides=[*overrides, f"logger={logger}"])
             p = _check(cfg, prob, "msvag", "paper")
             if sched == "piecewise":
-                assert p.problem.config.lr_milestones == (3, 6)
+                assert p.problem_config.lr_milestones == (3, 6)
 
 
 @pytest.mark.slow
@@ -97,30 +97,31 @@ def test_the_full_product_of_groups_composes_and_plans():
 
 
 def test_profiles_set_the_budget_and_paper_keeps_the_problems():
-    assert plan(make_cfg(["problem=cifar100_wrn404"])).problem.num_steps == 80_000
+    assert plan(make_cfg(["problem=cifar100_wrn404"])).problem_config.num_steps == 80_000
     smoke = plan(make_cfg(["problem=fmnist_2c2d", "profile=smoke"]))
-    assert smoke.problem.num_steps == 10 and smoke.settings.eval_every == 5
+    assert smoke.problem_config.num_steps == 10 and smoke.train.eval_every == 5
     explicit = plan(make_cfg(["profile=smoke", "train.num_steps=7"]))
-    assert explicit.problem.num_steps == 7
+    assert explicit.problem_config.num_steps == explicit.train.num_steps == 7
 
 
 def test_paper_schedule_scales_with_a_shorter_budget():
-    full = plan(make_cfg(["problem=tolstoi_char_rnn"])).problem
-    assert full.config.lr_milestones == (125_000,)
-    short = plan(make_cfg(["problem=tolstoi_char_rnn", "train.num_steps=2000"])).problem
-    assert short.config.lr_milestones == (1250,)
-    const = plan(make_cfg(["problem=cifar100_wrn404", "schedule=constant"])).problem
-    assert const.config.lr_milestones == () and const.lr_factor(70_000) == 1.0
+    full = plan(make_cfg(["problem=tolstoi_char_rnn"])).problem_config
+    assert full.lr_milestones == (125_000,)
+    short = plan(make_cfg(["problem=tolstoi_char_rnn", "train.num_steps=2000"]))
+    assert short.problem_config.lr_milestones == (1250,)
+    assert short.derive(num_steps=200_000).problem_config == full  # the budget rule
+    const = plan(make_cfg(["problem=cifar100_wrn404", "schedule=constant"])).problem_config
+    assert const.lr_milestones == () and const.lr_gamma == 1.0
 
 
 def test_optimizer_defaults_follow_the_paper():
     for name, beta in [("msgd", 0.9), ("mssd", 0.9), ("msvag", 0.9), ("sgd", 0.0), ("ssd", 0.0)]:
-        assert plan(make_cfg([f"optimizer={name}"])).optimizer_kwargs["beta"] == beta
+        assert plan(make_cfg([f"optimizer={name}"])).optimizer.kwargs["beta"] == beta
     for name in ("mssd_va", "mssd_erf"):  # paper §C variants: M-SSD's lr and beta
-        kwargs = plan(make_cfg([f"optimizer={name}"])).optimizer_kwargs
-        assert kwargs == plan(make_cfg(["optimizer=mssd"])).optimizer_kwargs
+        kwargs = plan(make_cfg([f"optimizer={name}"])).optimizer.kwargs
+        assert kwargs == plan(make_cfg(["optimizer=mssd"])).optimizer.kwargs
     adam = plan(make_cfg(["optimizer=adam"]))
-    assert adam.make_optimizer.func.__name__ == "Adam"
+    assert adam.optimizer.method.cls is torch.optim.Adam
 
 
 @pytest.mark.parametrize("launcher, cls", LAUNCHERS.items())
@@ -149,7 +150,7 @@ def test_smoke_run_of_every_problem_and_optimizer(problem, opt, tmp_path, one_th
     overrides += ["data.variant=synthetic", f"results_root={tmp_path}", "train.num_steps=2"]
     overrides += ["train.eval_every=2", "train.eval_max_batches=1", "train.progress=off"]
     overrides += ["train.log_every=1", *TINY[problem]]
-    summary = execute(make_cfg(overrides))
+    summary = execute(plan(make_cfg(overrides)))
     assert summary["status"] == "completed", summary
     assert summary["steps_done"] == 2
     final = summary["final"]

@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
+from optim_db import MINIBATCH
 from torch import nn
 
 from dissecting_adam.optim.msvag_mb import MSVAGMB, SVAGMB
@@ -23,7 +24,7 @@ from dissecting_adam.problems import Batch, load
 from dissecting_adam.problems.models.char_rnn import CharRNN
 from dissecting_adam.problems.models.cnn import TwoC2D
 
-CLASSES = {"msvag_mb": MSVAGMB, "svag_mb": SVAGMB}
+CLASSES = MINIBATCH  # the registry's mini-batch variance methods
 
 
 # --------------------------------------------------------------------------- estimator
@@ -49,7 +50,7 @@ def _brute_force(model, x, y, state=None):
     stats = {}
     for name in grads[0]:
         g = torch.stack([gk[name] for gk in grads])
-        # SPEC §4: s = ((1/|B|) sum_k g_k^2 - g^2) / (|B| - 1), written out.
+        # docs/extensions.md: s = ((1/|B|) sum_k g_k^2 - g^2) / (|B| - 1), written out.
         mean = g.mean(0)
         stats[name] = (mean, ((g**2).mean(0) - mean**2) / (n - 1))
     return stats, sum(losses) / n
@@ -278,6 +279,7 @@ def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer, one
 
     from hydra import compose, initialize_config_dir
 
+    from dissecting_adam.runner.plan import plan
     from dissecting_adam.runner.session import execute
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
@@ -290,7 +292,7 @@ def test_runner_trains_with_minibatch_variance(tmp_path, problem, optimizer, one
     if problem == "tolstoi_char_rnn":
         overrides.append("+problem.seq_length=5")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        summary = execute(compose("train", overrides=overrides))
+        summary = execute(plan(compose("train", overrides=overrides)))
     assert summary["status"] == "completed" and summary["steps_done"] == 4
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if r["split"] == "minibatch"]

@@ -7,20 +7,13 @@ from fractions import Fraction
 
 import pytest
 import torch
+from optim_db import ENGINE, IMPLS, SIGN
 
-from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf, rho
+from dissecting_adam.optim import MSGD, MSSD, MSVAG, rho
 from dissecting_adam.optim import reference as ref
 
-CLASSES = {
-    "msgd": MSGD,
-    "mssd": MSSD,
-    "msvag": MSVAG,
-    "svag": SVAG,
-    "mssd_va": MSSDVA,
-    "mssd_erf": MSSDErf,
-}
-SIGN_METHODS = ("mssd", "mssd_va", "mssd_erf")
-IMPLS = {"loop": {"foreach": False}, "foreach": {}, "fused": {"fused": True}}
+CLASSES = ENGINE  # every engine method of the registry
+SIGN_METHODS = SIGN
 
 
 def _rho_exact(beta: Fraction, t: int) -> Fraction:

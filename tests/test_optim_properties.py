@@ -6,19 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optim_db import ENGINE, IMPLS
 
-from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
-CLASSES = {
-    "msgd": MSGD,
-    "mssd": MSSD,
-    "msvag": MSVAG,
-    "svag": SVAG,
-    "mssd_va": MSSDVA,
-    "mssd_erf": MSSDErf,
-}
-IMPLS = {"loop": {"foreach": False}, "foreach": {}, "fused": {"fused": True}}
+CLASSES = ENGINE  # every engine method of the registry
 
 # Gradients over many orders of magnitude, exact zeros and repeated values included.
 magnitudes = st.sampled_from([0.0, 1e-30, 1e-8, 1e-3, 1.0, 3.0, 1e4, 1e15])

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optim_db import ENGINE
 
-from dissecting_adam.optim import MSGD, MSSD, MSSDVA, MSVAG, SVAG, MSSDErf
 from dissecting_adam.optim.reference import ReferenceOptimizer
 
-CLASSES = {
-    "msgd": MSGD,
-    "mssd": MSSD,
-    "msvag": MSVAG,
-    "svag": SVAG,
-    "mssd_va": MSSDVA,
-    "mssd_erf": MSSDErf,
-}
+CLASSES = ENGINE  # every engine method of the registry
 IMPLS = {
     "loop": {"foreach": False},
     "foreach": {"foreach": True},

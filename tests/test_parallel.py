@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from dissecting_adam.runner import session as runconfig
-from dissecting_adam.runner.parallel import train_parallel
 from dissecting_adam.problems.batching import Batch
-from dissecting_adam.runner.store import RunDir
-from dissecting_adam.runner.session import ConfigError, execute_all
+from dissecting_adam.runner.data import problem_for
 from dissecting_adam.runner.loop import train
+from dissecting_adam.runner.parallel import train_parallel
+from dissecting_adam.runner.plan import ConfigError, plan, plan_seeds
+from dissecting_adam.runner.session import execute_seeds
+from dissecting_adam.runner.store import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -41,6 +41,10 @@ def make_cfg(root, *overrides):
     ]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("train", overrides=[*base, *overrides])
+
+
+def execute_all(cfg):
+    return execute_seeds(*plan_seeds(cfg))
 
 
 def rows(run: RunDir) -> list[dict]:
@@ -75,15 +79,13 @@ def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64):
     (models, runs, summaries) of the single runs and of the group.
     """
     out = {}
-    with runconfig.data_source(cfg) as (cfg, source):
-        for mode in ("single", "parallel"):
-            plans = []
-            for seed in SEEDS:
-                c = OmegaConf.merge(cfg, {"seed": seed, "results_root": str(tmp_path / mode)})
-                p = runconfig.plan(c, source)
-                p.run.start(p.identity, "")
-                plans.append(p)
-            problem = plans[0].problem
+    base = plan(cfg)
+    for mode in ("single", "parallel"):
+        specs = [base.derive(seed=s, results_root=str(tmp_path / mode)) for s in SEEDS]
+        runs = [spec.run_dir() for spec in specs]
+        for spec, run in zip(specs, runs, strict=True):
+            run.start(spec.identity(), "")
+        with problem_for(base, "cpu") as problem:
             clean, clean_eval = problem.train_batches, problem.eval_batches
 
             def batches(seed, clean=clean):
@@ -97,20 +99,22 @@ def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64):
 
             problem.train_batches, problem.eval_batches = batches, eval_batches
             models = [problem.build_model(s).to(dtype) for s in SEEDS]
-            runs = [p.run for p in plans]
             if mode == "single":
-                summaries = [_single(problem, m, p) for m, p in zip(models, plans, strict=True)]
+                summaries = [
+                    _single(problem, m, spec, run)
+                    for m, spec, run in zip(models, specs, runs, strict=True)
+                ]
             else:
                 summaries = train_parallel(
-                    problem, models, plans[0].make_optimizer, plans[0].settings, SEEDS, runs
+                    problem, models, base.optimizer.build, base.train, SEEDS, runs
                 )
-            out[mode] = (models, runs, summaries)
+        out[mode] = (models, runs, summaries)
     return out["single"], out["parallel"]
 
 
-def _single(problem, model, p):
-    optimizer = p.make_optimizer(model.parameters())
-    return train(problem, model, optimizer, problem.lr_scheduler(optimizer), p.settings, p.run)
+def _single(problem, model, spec, run):
+    optimizer = spec.optimizer.build(model.parameters())
+    return train(problem, model, optimizer, problem.lr_scheduler(optimizer), spec.train, run)
 
 
 @pytest.mark.parametrize("problem", ["fmnist_2c2d", "cifar10_3c3d"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,47 +58,38 @@ def test_missing_columns_are_named():
         aggregate.curves(pd.DataFrame({"problem": ["x"]}))
 
 
-@pytest.mark.parametrize(
-    "kind, x, y, lower, expected",
-    [
-        ("better", [1.0, 1.1, 0.9], [2.0, 2.1, 1.9], True, "confirmed"),
-        ("better", [2.0, 2.1, 1.9], [1.0, 1.1, 0.9], True, "contradicted"),
-        ("better", [1.0, 2.0, 3.0], [1.5, 2.5, 2.0], True, "inconclusive"),
-        ("better", [1.0], [2.0, 2.1], True, "inconclusive"),  # too few seeds
-        ("at_least_as_good", [1.0, 2.0, 3.0], [1.5, 2.5, 2.0], False, "confirmed"),
-        ("at_least_as_good", [0.5, 0.51, 0.49], [0.9, 0.91, 0.89], False, "contradicted"),
-        ("similar", [1.0, 1.01, 0.99], [1.02, 1.03, 1.01], True, "confirmed"),
-        ("similar", [1.0, 1.01, 0.99], [2.0, 2.01, 1.99], True, "contradicted"),
-    ],
-)
-def test_compare_verdicts(kind, x, y, lower, expected):
-    _, verdict = claims.compare(kind, np.array(x), np.array(y), lower, 0.05, 0.05)
-    assert verdict == expected
+PAPER_CLAIMS = Path(__file__).resolve().parents[1] / "conf" / "claims" / "paper.yaml"
 
 
 def test_p1_claim_confirmed_when_sign_methods_reach_lower_loss():
     runs = fake_runs({"adam": (0.10, 0.91), "mssd": (0.12, 0.91), "msgd": (0.30, 0.90),
                       "msvag": (0.28, 0.90)})  # fmt: skip
-    results = claims.evaluate(runs)
-    p1 = [r for r in results if r["claim"].problem == "fmnist_2c2d"]
-    assert p1[0]["verdict"] == "confirmed" and len(p1[0]["pairs"]) == 4
-    text = claims.report(results, aggregate.summary(runs), 0.05, 0.05)
-    assert "**confirmed**: Sign-based methods" in text
+    claim_list, settings = claims.load(PAPER_CLAIMS)
+    table = claims.check(runs, claim_list, settings)
+    p1 = table[table["claim"] == "o2_sign_better_p1"]
+    assert len(p1) == 4 and set(p1["claim_verdict"]) == {"confirmed"}
+    text = claims.report(table, settings, aggregate.summary(runs))
+    assert "- **confirmed** `o2_sign_better_p1`" in text
     assert "| fmnist_2c2d | Adam | 91." in text  # the reproduced accuracy beside 91.8
 
 
 def test_p1_claim_contradicted_when_the_order_is_reversed():
     runs = fake_runs({"adam": (0.30, 0.91), "mssd": (0.32, 0.91), "msgd": (0.10, 0.90),
                       "msvag": (0.12, 0.90)})  # fmt: skip
-    p1 = [r for r in claims.evaluate(runs) if r["claim"].problem == "fmnist_2c2d"]
-    assert p1[0]["verdict"] == "contradicted"
+    table = claims.check(runs, *claims.load(PAPER_CLAIMS))
+    assert set(table.loc[table["claim"] == "o2_sign_better_p1", "claim_verdict"]) == {
+        "contradicted"
+    }
 
 
 def test_claims_skip_problems_and_methods_not_run():
     runs = fake_runs({"msgd": (0.3, 0.9), "msvag": (0.3, 0.9)}, problem="tolstoi_char_rnn")
-    results = claims.evaluate(runs)
-    assert {r["claim"].problem for r in results} <= {"tolstoi_char_rnn", "*"}
-    assert all("adam" not in r["claim"].a + r["claim"].b for r in results)
+    table = claims.check(runs, *claims.load(PAPER_CLAIMS))
+    assert set(table["problem"]) == {"tolstoi_char_rnn"}
+    assert not {"adam", "mssd"} & (set(table["a"]) | set(table["b"]))
+    expected = {"o3_msvag_ge_msgd_loss", "o3_msvag_ge_msgd_acc", "o3_msvag_better_msgd_loss",
+                "o3_msvag_better_msgd_acc"}  # fmt: skip
+    assert set(table["claim"]) == expected
 
 
 def test_figures_are_written(tmp_path):

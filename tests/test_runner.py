@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dissecting_adam.runner import checkpoint
 from dissecting_adam.problems import DataError
+from dissecting_adam.runner import checkpoint, session
+from dissecting_adam.runner.monitor import diverging
+from dissecting_adam.runner.plan import ConfigError, plan
 from dissecting_adam.runner.store import ResultsError, RunDir
-from dissecting_adam.runner.session import ConfigError, execute, plan
-from dissecting_adam.runner.loop import diverging
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FILES = ["identity.json", "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
+
+
+def execute(cfg):
+    return session.execute(plan(cfg))
 
 
 def make_cfg(root, *overrides):
@@ -87,7 +91,7 @@ def test_a_different_config_never_shares_a_record(tmp_path, change):
 def test_integer_lr_is_the_same_run_as_the_float(tmp_path):
     a = plan(make_cfg(tmp_path, "optimizer.lr=1"))
     b = plan(make_cfg(tmp_path, "optimizer.lr=1.0"))
-    assert a.run.path == b.run.path and a.run.path.parent.name == "lr=1"
+    assert a.run_dir().path == b.run_dir().path and a.run_dir().path.parent.name == "lr=1"
 
 
 def test_divergence_is_recorded_with_its_step(tmp_path):

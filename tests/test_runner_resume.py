@@ -18,8 +18,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dissecting_adam.runner.store import RunDir
+from dissecting_adam.runner.plan import plan
 from dissecting_adam.runner.session import execute
+from dissecting_adam.runner.store import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = [
@@ -60,7 +61,7 @@ def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, sig):
 def _kill_and_resume(tmp_path, sig):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*ARGS, f"results_root={tmp_path / 'whole'}"])
-    whole = RunDir(Path(execute(cfg)["run_dir"]))
+    whole = RunDir(Path(execute(plan(cfg))["run_dir"]))
     run = RunDir(tmp_path / "cut" / whole.path.relative_to(tmp_path / "whole"))
 
     cmd = [sys.executable, "scripts/train.py", *ARGS, f"results_root={tmp_path / 'cut'}"]

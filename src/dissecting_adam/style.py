@@ -2,51 +2,25 @@
 
 from __future__ import annotations
 
-#: Colour of each method, the same in every figure (colour-blind safe: Okabe-Ito, and
-#: Paul Tol's "muted" wine and indigo for the variance-adapted sign methods).
-METHOD_COLORS = {
-    "sgd": "#999999",
-    "msgd": "#0072B2",
-    "ssd": "#CC79A7",
-    "mssd": "#D55E00",
-    "msvag": "#009E73",
-    "svag": "#56B4E9",
-    "mssd_va": "#882255",
-    "mssd_erf": "#332288",
-    "msvag_mb": "#117733",  # M-SVAG's family, darker: Paul Tol's green
-    "svag_mb": "#44AA99",
-    "adam": "#E69F00",
-    "rmsprop": "#F0E442",
-    "gd": "#0072B2",
-    "sign": "#D55E00",
-}
+from .methods import METHODS
 
-#: Display name of each method, as the paper writes it.
-METHOD_LABELS = {
-    "sgd": "SGD",
-    "msgd": "M-SGD",
-    "ssd": "SSD",
-    "mssd": "M-SSD",
-    "msvag": "M-SVAG",
-    "svag": "SVAG",
-    "mssd_va": "M-SSD-VA",
-    "mssd_erf": "M-SSD-erf",
-    "msvag_mb": "M-SVAG-mb",
-    "svag_mb": "SVAG-mb",
-    "adam": "Adam",
-    "rmsprop": "RMSProp",
-    "gd": "GD",
-    "sign": "Sign descent",
-}
+#: Colours and labels of the names that only the theory figures use (Fig. 2, Fig. 3,
+#: Wilson et al.); the optimizers' own live in their registry entries (``methods``).
+THEORY_COLORS = {"gd": "#0072B2", "sign": "#D55E00", "rmsprop": "#F0E442"}
+THEORY_LABELS = {"gd": "GD", "sign": "Sign descent", "rmsprop": "RMSProp"}
 
 
 def color(method: str) -> str:
-    """The colour of ``method`` (a key of METHOD_COLORS); unknown methods get black."""
-    return METHOD_COLORS.get(method, "#000000")
+    """The colour of ``method`` (registry first, then theory names); unknown ones: black."""
+    if method in METHODS:
+        return METHODS[method].color
+    return THEORY_COLORS.get(method, "#000000")
 
 
 def label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    if method in METHODS:
+        return METHODS[method].label
+    return THEORY_LABELS.get(method, method)
 
 
 def paper_rc(column: str = "full", nrows: int = 1, ncols: int = 1) -> dict:

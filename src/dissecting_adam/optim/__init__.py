@@ -3,12 +3,13 @@
 ``MSGD``, ``MSSD``, ``MSVAG`` and ``SVAG`` are ``torch.optim.Optimizer``
 subclasses, as are the variance-adapted sign methods ``MSSDVA`` and ``MSSDErf``
 (paper §C) and M-SVAG / SVAG with mini-batch variance estimates, ``MSVAGMB``
-and ``SVAGMB`` (§D; they need ``per_example.backward_with_variance`` and are
-not in ``OPTIMIZERS``, which lists the drop-in methods). SGD and SSD are
+and ``SVAGMB`` (§D; they need ``per_example.backward_with_variance``). SGD and SSD are
 ``MSGD(beta=0)`` and ``MSSD(beta=0)``; the Adam arm of the paper is
 ``torch.optim.Adam`` with its defaults. The functional cores (``msgd`` ...)
 update lists of tensors in place; ``reference`` holds the literal, slow
-implementations the fast ones are tested against.
+implementations the fast ones are tested against. What the pipeline needs to know of
+each method (label, colour, family, grid start, capabilities) is in
+``dissecting_adam.methods``.
 """
 
 from ._engine import rho
@@ -19,15 +20,6 @@ from .msvag import MSVAG, msvag
 from .msvag_mb import MSVAGMB, SVAGMB, msvag_mb, svag_mb
 from .svag import SVAG, svag
 
-OPTIMIZERS = {
-    "msgd": MSGD,
-    "mssd": MSSD,
-    "msvag": MSVAG,
-    "svag": SVAG,
-    "mssd_va": MSSDVA,
-    "mssd_erf": MSSDErf,
-}
-
 __all__ = [
     "MSGD",
     "MSSD",
@@ -37,7 +29,6 @@ __all__ = [
     "MSSDErf",
     "MSVAGMB",
     "SVAGMB",
-    "OPTIMIZERS",
     "msgd",
     "mssd",
     "msvag",

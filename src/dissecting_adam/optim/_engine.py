@@ -1,5 +1,8 @@
 """Shared functional core of M-SGD, M-SSD, M-SVAG, SVAG, M-SSD-VA and M-SSD-erf.
 
+Longer than ~300 lines: the six methods' per-tensor, multi-tensor and fused dispatch share
+one set of helpers, and splitting them would scatter one piece of maths over files.
+
 All six methods keep the same moving averages (paper Eq. 4-5, one beta):
 
     m~ <- beta m~ + (1 - beta) g,   v~ <- beta v~ + (1 - beta) g^2,
@@ -18,7 +21,7 @@ the paper's clip; where m~ = 0 the update is 0 whatever gamma is, so the
 paper's 0/0 case (m = v = 0) leaves the coordinate where it is. There is no
 epsilon.
 
-The variance-adapted sign methods (paper §C, SPEC §4) use the same a, den and
+The variance-adapted sign methods (paper §C; docs/optimizers.md) use the same a, den and
 lam (kappa = rho) and move by lr sign(m~) times a factor in [0, 1]:
 
     M-SSD-VA:  (1 + rho s / m^2)^(-1/2)   = sqrt(gamma) = sqrt(a / den),

@@ -53,10 +53,10 @@ class MSSDVA(MomentOptimizer):
         fused: single-pass kernel (a C kernel on the CPU, torch.compile elsewhere).
 
     Reference: Balles & Hennig, "Dissecting Adam", ICML 2018, §3.1 and Fig. 3
-    (Adam's factor), §C (variants), with rho of Eq. 21; SPEC §4.
+    (Adam's factor), §C (variants), with rho of Eq. 21; docs/optimizers.md.
 
     Deviation: the supplement's §C could not be read; the rule is the
-    variance-adapted sign method as SPEC §4 states it. The factor is computed
+    variance-adapted sign method as docs/optimizers.md states it. The factor is computed
     as sqrt(a / (a + lam (v~ - a))), a = m~^2 / (1 - beta^(t+1)),
     lam = rho / (1 - rho), which is algebraically equal (see ``_engine``).
     """
@@ -90,10 +90,10 @@ class MSSDErf(MomentOptimizer):
         fused: single-pass kernel (a C kernel on the CPU, torch.compile elsewhere).
 
     Reference: Balles & Hennig, "Dissecting Adam", ICML 2018, Lemma 1 (Eq. 16),
-    Eq. 10, Fig. 3 and §C (variants), with rho of Eq. 21; SPEC §4.
+    Eq. 10, Fig. 3 and §C (variants), with rho of Eq. 21; docs/optimizers.md.
 
     Deviation: the supplement's §C could not be read; the rule is the optimal
-    sign factor as SPEC §4 states it. The argument of erf is computed as
+    sign factor as docs/optimizers.md states it. The argument of erf is computed as
     sqrt(a / (2 lam (v~ - a))), a = m~^2 / (1 - beta^(t+1)), lam = rho / (1 - rho),
     which is algebraically equal (see ``_engine``).
     """

@@ -2,8 +2,8 @@
 
 Each function follows the pseudo-code of Balles & Hennig (2018) line by line,
 one tensor at a time, with no algebraic rewriting: Alg. 1 (M-SVAG), Alg. 2
-(M-SGD, M-SSD), SVAG (§4.3 / SPEC §1) and the variance-adapted sign methods
-M-SSD-VA and M-SSD-erf (§C / SPEC §4). They are slow on purpose; the fast
+(M-SGD, M-SSD), SVAG (§4.3) and the variance-adapted sign methods
+M-SSD-VA and M-SSD-erf (§C; docs/optimizers.md). They are slow on purpose; the fast
 optimizers in this package are tested against them over long random runs.
 
 ``ReferenceOptimizer`` wraps them in the torch.optim interface so that a test

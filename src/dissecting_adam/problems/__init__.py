@@ -1,4 +1,4 @@
-"""The paper's four deep-learning test problems (SPEC section 3), keyed by DeepOBS name.
+"""The paper's four deep-learning test problems (paper §6; docs/problems.md), keyed by DeepOBS name.
 
 ``load(name, **overrides)`` returns a Problem with the paper's defaults; any config field
 (batch_size, num_steps, lr_milestones, lr_gamma, weight_decay, data_root, mirror, device,

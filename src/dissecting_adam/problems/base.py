@@ -1,7 +1,7 @@
 """The Problem interface: model, seeded batches, the loss that is minimised, evaluation.
 
 A problem owns its data (resident on ``config.device`` once first used) and its defaults
-(batch size, step budget, step-size schedule and regulariser from SPEC section 3), each
+(batch size, step budget, step-size schedule and regulariser: docs/problems.md), each
 overridable through its config. The training loop stays with the caller, so any
 ``torch.optim.Optimizer`` can be benchmarked:
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ class Problem(ABC):
     Config: type[ProblemConfig] = ProblemConfig
     #: Whether per-example gradients are defined (mini-batch variance, ``per_example``).
     per_example_gradients: bool = True
+    #: Whether K seeds can train as one vmapped computation (``runner.parallel``): training
+    #: is a pure function of (parameters, batch), with no state carried between batches.
+    seed_parallel: bool = False
 
     def __init__(self, config: ProblemConfig | None = None, source=None):
         """``source`` replaces the data set's description (tests use generated files)."""
@@ -173,8 +177,11 @@ class Problem(ABC):
         """Wraps an evaluation pass (tolstoi saves, resets and restores its LSTM state)."""
         yield
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> EvalResult:
-        """Loss and accuracy on a whole split, in eval mode, without gradients."""
+    def evaluate(
+        self, model: nn.Module, split: str = "test", max_batches: int | None = None
+    ) -> EvalResult:
+        """Loss and accuracy on a split (its first ``max_batches`` batches, if given; the
+        smoke and preview profiles), in eval mode, without gradients."""
         if split not in ("test", "train_eval"):
             raise ValueError(f"split must be 'test' or 'train_eval', got {split!r}")
         was_training = model.training
@@ -184,7 +191,7 @@ class Problem(ABC):
         count = 0
         try:
             with torch.no_grad(), self.evaluation_context(model):
-                for batch in self.eval_batches(split):
+                for batch in itertools.islice(self.eval_batches(split), max_batches):
                     logits = model(batch.inputs).flatten(0, -2)
                     targets = batch.targets.flatten()
                     loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()

@@ -1,6 +1,6 @@
 """The three image-classification problems: fmnist_2c2d, cifar10_3c3d, cifar100_wrn404.
 
-Defaults from SPEC section 3; values marked [S?] there come from the paper's supplement as
+Defaults from docs/problems.md (paper §6.1 and DeepOBS); values marked [S?] there come from the paper's supplement as
 recalled and are config values for that reason (see docs/problems.md).
 """
 
@@ -74,6 +74,7 @@ class FMNIST2c2d(ImageProblem):
     """P1: 2c2d on Fashion-MNIST, constant step size, no regulariser, no augmentation."""
 
     name = "fmnist_2c2d"
+    seed_parallel = True
     Config = FMNIST2c2dConfig
 
     def default_source(self):
@@ -111,6 +112,7 @@ class CIFAR10_3c3d(CIFARProblem):
     """P2: 3c3d on CIFAR-10, constant step size, L2 2e-3 on conv and dense kernels."""
 
     name = "cifar10_3c3d"
+    seed_parallel = True
     Config = CIFAR10_3c3dConfig
 
     def default_source(self):
@@ -136,6 +138,7 @@ class CIFAR100WRN404(CIFARProblem):
     name = "cifar100_wrn404"
     Config = CIFAR100WRN404Config
     per_example_gradients = False  # BatchNorm in training mode mixes the examples
+    seed_parallel = False  # BatchNorm updates its running buffers in place
 
     def default_source(self):
         return CIFAR100

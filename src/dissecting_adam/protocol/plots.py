@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .. import methods  # noqa: E402
 from ..style import color, label, paper_rc  # noqa: E402
 
 PROBLEM_TITLES = {
@@ -19,14 +20,12 @@ PROBLEM_TITLES = {
     "cifar100_wrn404": "P3 CIFAR-100 WRN-40-4",
     "tolstoi_char_rnn": "P4 Tolstoi char-RNN",
 }
-METHOD_ORDER = (
-    "msgd", "mssd", "msvag", "adam", "sgd", "ssd", "svag", "mssd_va", "mssd_erf", "msvag_mb",
-    "svag_mb",
-)  # fmt: skip
 
 
 def _methods(present) -> list[str]:
-    return [m for m in METHOD_ORDER if m in present] + sorted(set(present) - set(METHOD_ORDER))
+    """The methods present, in the registry's (legend) order; unregistered ones last."""
+    order = methods.names()
+    return [m for m in order if m in present] + sorted(set(present) - set(order))
 
 
 def fig5(

@@ -5,8 +5,10 @@ maximal stable step size by trial and error, then searching downwards", and kept
 with the best test accuracy within the step budget. Automated here:
 
 1. ``grid``: 1, 3 and 6 times powers of ten (configurable), largest first.
-2. Probe: from the top of the grid, step down until a run does not diverge; that is the
-   largest stable step size.
+2. Probe (``Probe``): from the method's start, up the grid while runs are stable (to a
+   cap, ``up_points`` grid points above the start), else down until one is; the last
+   stable one is the largest stable step size. Stable means not diverged *and* made
+   progress (``Outcome.stable``).
 3. Search: it and the next ``points - 1`` grid points below it, each trained with one
    search seed for the full budget (the probe's non-diverged run counts as one).
 4. Select: the best final (or best-during) metric; diverged runs rank last; within a
@@ -45,6 +47,56 @@ class Outcome:
 
     status: str  # "completed", "diverged" or "failed"
     metric: float | None = None  # the selection metric (None if the run has none)
+    progressed: bool | None = None  # final training loss < progress_ratio x initial one
+
+    @property
+    def stable(self) -> bool:
+        """Not diverged, and not stuck: a saturated network whose loss never falls is not
+        a stable step size (None, progress unknown, counts as progress)."""
+        return self.status != "diverged" and self.progressed is not False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The search for the largest stable step size on ``lrs`` (largest first).
+
+    From ``lrs[start]`` (the method's start): while stable, go up one grid point at a time
+    (``lrs[0]`` is the cap); if the start is not stable, go down until a step size is.
+    """
+
+    lrs: tuple[float, ...]
+    start: int = 0
+
+    def _walk(self, outcomes: Mapping[float, Outcome]) -> tuple[float | None, int | None]:
+        """(the next lr to probe, None) or (None, index of the largest stable lr)."""
+        lrs, s = self.lrs, self.start
+        if lrs[s] not in outcomes:
+            return lrs[s], None
+        if outcomes[lrs[s]].stable:
+            for i in range(s, 0, -1):  # up while stable
+                above = lrs[i - 1]
+                if above not in outcomes:
+                    return above, None
+                if not outcomes[above].stable:
+                    return None, i
+            return None, 0
+        for i in range(s + 1, len(lrs)):  # down until stable
+            if lrs[i] not in outcomes:
+                return lrs[i], None
+            if outcomes[lrs[i]].stable:
+                return None, i
+        return None, len(lrs)  # nothing is stable
+
+    def next_lr(self, outcomes: Mapping[float, Outcome]) -> float | None:
+        return self._walk(outcomes)[0]
+
+    def top(self, outcomes: Mapping[float, Outcome]) -> int | None:
+        """Index of the largest stable lr (``len(lrs)``: none), once the probe is done."""
+        return self._walk(outcomes)[1]
+
+    def cap_reached(self, outcomes: Mapping[float, Outcome]) -> bool:
+        """The cap itself was stable: a larger step size may be stable (and better)."""
+        return self.top(outcomes) == 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +138,7 @@ class StepSizeSearch:
         for i, lr in enumerate(self.lrs):
             if lr not in outcomes:
                 return None
-            if outcomes[lr].status != "diverged":
+            if outcomes[lr].stable:
                 return i
         return None
 
@@ -108,10 +160,10 @@ class StepSizeSearch:
 
     def next_lr(self, outcomes: Mapping[float, Outcome]) -> float | None:
         """The next lr to run, or None when the search is complete (or the grid exhausted)."""
-        for lr in self.lrs:  # probe: walk down until a run does not diverge
+        for lr in self.lrs:  # walk down until a run is stable
             if lr not in outcomes:
                 return lr
-            if outcomes[lr].status != "diverged":
+            if outcomes[lr].stable:
                 break
         else:
             return None  # every grid point diverged
@@ -155,3 +207,85 @@ class StepSizeSearch:
             tie_with=sorted((lr for lr in ties if lr != chosen), reverse=True),
             on_lower_edge=chosen == window[-1],
         )
+
+
+#: metric -> (evaluation split, column, higher is better)
+METRICS = {"test_accuracy": ("test", "accuracy", True), "train_loss": ("train_eval", "loss", False)}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """One search profile (``conf/search/<name>.yaml``): the grid, the phases, the seeds.
+
+    ``grid_hi`` overrides, per method, where the probe starts; by default it is the
+    method's registry entry (``Method.grid_top[name]``).
+    """
+
+    name: str
+    mantissas: tuple[float, ...] = (1.0, 3.0, 6.0)
+    lo: float = 1e-5
+    grid_hi: Mapping[str, float] = field(default_factory=dict)
+    up_points: int = 6  # how far above the start the probe may go (grid points)
+    probe_fraction: float = 0.1
+    progress_ratio: float = 1.0  # stable: final training loss < ratio x the initial one
+    points: int = 4
+    max_extensions: int = 3
+    metric: str = "test_accuracy"
+    mode: str = "final"
+    tolerance: float = 0.0
+    search_seed: int = 100  # outside the replicate seeds: selection and replicates independent
+    replicate_seeds: tuple[int, ...] = tuple(range(10))
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"search.metric must be one of {list(METRICS)}, got {self.metric!r}")
+        if self.mode not in ("final", "best"):
+            raise ValueError(f"search.mode must be 'final' or 'best', got {self.mode!r}")
+        if not 0 < self.probe_fraction:
+            raise ValueError(f"search.probe_fraction must be > 0, got {self.probe_fraction}")
+        if self.up_points < 0 or not 0 < self.progress_ratio <= 1:
+            raise ValueError("search.grid.up_points must be >= 0 and 0 < progress_ratio <= 1")
+
+    @property
+    def maximize(self) -> bool:
+        return METRICS[self.metric][2]
+
+    def grid_top(self, method) -> float | None:
+        """Where ``method`` (a ``methods.Method``) starts on this profile's grid, or None."""
+        if method.name in self.grid_hi:
+            return float(self.grid_hi[method.name])
+        top = method.grid_top.get(self.name)
+        return None if top is None else float(top)
+
+    def lrs(self, method) -> tuple[float, ...]:
+        """``method``'s grid, largest first: the cap (``up_points`` above its start) to lo."""
+        start = self.grid_top(method)
+        decades = math.ceil(self.up_points / max(1, len(self.mantissas))) + 1
+        full = grid(self.lo, start * 10.0**decades, self.mantissas)
+        i = min(range(len(full)), key=lambda j: abs(math.log(full[j] / start)))
+        return tuple(full[max(0, i - self.up_points) :])
+
+    def probe(self, method) -> Probe:
+        lrs = self.lrs(method)
+        start = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j] / self.grid_top(method))))
+        return Probe(lrs, start)
+
+    def search(self, method, top: int = 0) -> StepSizeSearch:
+        """The search over ``method``'s grid, from grid index ``top`` (of ``lrs``) down."""
+        return StepSizeSearch(
+            self.lrs(method)[top:],
+            points=self.points,
+            maximize=self.maximize,
+            tolerance=self.tolerance,
+            max_extensions=self.max_extensions,
+        )
+
+    def probe_steps(self, budget: int, eval_every: int) -> int | None:
+        """Where a stability probe stops (None: probes are full runs): ``probe_fraction`` of
+        the budget, rounded to an evaluation step of the full run, so that the probe is
+        exactly the first part of that run and the full run can resume from it."""
+        if self.probe_fraction >= 1.0:
+            return None
+        evals = max(1, round(self.probe_fraction * budget / eval_every))
+        steps = evals * eval_every
+        return None if steps >= budget else steps

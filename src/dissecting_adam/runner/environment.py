@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 
 def _git(*args: str) -> str | None:
+    """Ask git about the checkout the code runs from: the package's own folder (an editable
+    install), else the working directory (a regular install, run from a checkout)."""
+    for where in (Path(__file__).resolve().parent, Path(os.getcwd())):
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=where, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
     try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment(device: str | None = None) -> dict:
@@ -40,16 +54,15 @@ def environment(device: str | None = None) -> dict:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
     }
-    try:
-        import hydra
-
-        env["hydra"] = hydra.__version__
-    except ImportError:
-        pass
+    for package in ("dissecting-adam", "hydra-core", "scipy", "pandas", "wandb"):
+        try:
+            env[package.replace("-", "_")] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     if device is not None:
         env["device"] = str(device)
         if str(device).startswith("cuda") and torch.cuda.is_available():
             env["device_name"] = torch.cuda.get_device_name(torch.device(device))
         else:
-            env["device_name"] = platform.processor() or platform.machine()
+            env["device_name"] = cpu_model()
     return env

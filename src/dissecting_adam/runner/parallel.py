@@ -14,8 +14,9 @@ same step size and schedule. Seed k of a parallel run therefore matches a single
 k to float tolerance (batched convolutions sum in another order); tests/test_parallel.py
 checks metrics and final parameters.
 
-``train_parallel`` reads like ``train.train`` and uses its helpers; per member it records
-exactly what a single run records, in that member's ordinary RunDir. A diverged member
+``train_parallel`` reads like ``loop.train`` and shares its helpers (``monitor``: the
+evaluation rows, the divergence monitor, the summary); per member it records exactly what
+a single run records, in that member's ordinary RunDir. A diverged member
 (same rules, per member: a non-finite loss, or the running max of its mini-batch loss above
 ``divergence_factor`` x its own first loss) gets its summary at once and is frozen: its loss
 is masked out of the summed loss and its parameter slices are restored after every
@@ -23,34 +24,37 @@ optimizer step; the others go on. A group has no mid-run checkpoint: an interrup
 restarts its unfinished members from step 0 (finished and diverged members keep their
 records and are skipped).
 
-``execute_group(cfg, seeds)`` is the runner's path (``parallel_seeds=K`` in the config).
+``session.execute_seeds`` runs groups (``parallel_seeds=K``); ``plan.check_capabilities``
+says which problems and methods can (``Problem.seed_parallel``, ``Method.seed_parallel``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..problems import Problem
 from ..problems.batching import Batch
+from .loop import Interrupted
+from .monitor import (
+    Divergence,
+    Progress,
+    eval_steps,
+    evaluation_rows,
+    last_eval,
+    non_finite,
+    summary,
+)
+from .spec import TrainSettings
 from .store import RunDir
-from .loop import _KEYS, Interrupted, TrainSettings, _Progress, diverging, eval_steps, evaluate
 
 log = logging.getLogger(__name__)
-
-#: Problems whose training is a pure function of (parameters, batch): no dropout, no state
-#: carried between batches, no BatchNorm buffers. tolstoi_char_rnn carries its LSTM state
-#: from batch to batch; cifar100_wrn404's BatchNorm updates running buffers in place.
-SUPPORTED = ("fmnist_2c2d", "cifar10_3c3d")
 
 
 class _Loss(nn.Module):
@@ -79,8 +83,8 @@ def train_parallel(
     started (``RunDir.start``). On return ``models[k]`` holds member k's final parameters
     (for a diverged member: those at its divergence) and ``runs[k]`` its summary.
     """
-    if problem.name not in SUPPORTED:
-        raise ValueError(f"seed-parallel training supports {SUPPORTED}, not {problem.name}")
+    if not problem.seed_parallel:
+        raise ValueError(f"{problem.name} cannot train seeds in parallel (seed_parallel=False)")
     K = len(models)
     started = time.perf_counter()
     evals = eval_steps(settings.num_steps, settings.eval_every)
@@ -103,12 +107,11 @@ def train_parallel(
     for run in runs:  # a group restarts every member from step 0 (no group checkpoint)
         run.truncate_metrics(0)
         run.checkpoint_file.unlink(missing_ok=True)  # an older single run's, now stale
-    initial = [None] * K
-    last_eval = [{} for _ in range(K)]
+    monitor = Divergence(settings.divergence_factor, K)
+    finals = [{} for _ in range(K)]
     summaries: list[dict | None] = [None] * K
     frozen: dict[int, list[torch.Tensor]] = {}  # diverged member -> its parameter slices
     alive = torch.ones(K, dtype=torch.bool, device=device)
-    peak: torch.Tensor | None = None  # (K,) largest loss since the last check
     last_batch: list[Batch | None] = [None] * K
 
     def finish(k: int, status: str, step: int, reason: str | None) -> None:
@@ -117,35 +120,35 @@ def train_parallel(
             frozen[k] = [params[n][k].detach().clone() for n in names]
             alive[k] = False
             log.warning("%s diverged at step %d: %s", runs[k].path, step, reason)
-        summaries[k] = {
-            "status": status,
-            "steps_done": step,
-            "num_steps": settings.num_steps,
-            "diverged_step": step if status == "diverged" else None,
-            "divergence_reason": reason,
-            "initial_loss": initial[k],
-            "final": last_eval[k],
-            "train_time_s": time.perf_counter() - started,  # the group's time so far
-            "parallel_group": list(seeds),
-        }
+        summaries[k] = summary(
+            status,
+            step,
+            settings.num_steps,
+            diverged_step=step if status == "diverged" else None,
+            reason=reason,
+            initial_loss=monitor.initial[k],
+            final=finals[k],
+            train_time_s=time.perf_counter() - started,  # the group's time so far
+            parallel_group=list(seeds),
+        )
         runs[k].write_summary(summaries[k])
 
     def live() -> list[int]:
         return [k for k in range(K) if summaries[k] is None]
 
     # 2. The loop.
-    progress = _Progress(settings, 0)
+    progress = Progress(settings.progress, settings.num_steps, 0, settings.log_interval_s)
     step = 0
     while True:
         if step in evals:
             for k in live():
                 _load_member(models[k], params, buffers, k)
-                rows = evaluate(problem, models[k], step)
+                rows = evaluation_rows(problem, models[k], step, settings.eval_max_batches)
                 runs[k].append_metrics(rows)
-                last_eval[k] = {f"{r['split']}_{key}": r[key] for r in rows for key in _KEYS}
-                bad = [r["split"] for r in rows if not math.isfinite(r["loss"])]
-                if bad:
-                    finish(k, "diverged", step, f"non-finite {bad[0]} loss")
+                finals[k] = last_eval(rows)
+                reason = non_finite(rows)
+                if reason:
+                    finish(k, "diverged", step, reason)
         if step >= settings.num_steps or not live():
             break
         if stop is not None and stop():
@@ -163,15 +166,12 @@ def train_parallel(
         optimizer.zero_grad(set_to_none=True)
         losses = batched_loss(params, buffers, inputs, targets)  # (K,)
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
-        losses = losses.detach()
-        peak = losses.clone() if peak is None else torch.maximum(peak, losses)
+        monitor.observe(losses)
         if step % settings.log_every == 0:
-            values, worst, peak = losses.tolist(), peak.tolist(), None
+            values = losses.tolist()
             for k in live():
                 runs[k].append_metrics([{"step": step, "split": "minibatch", "loss": values[k]}])
-                if initial[k] is None:
-                    initial[k] = values[k]
-                reason = diverging(worst[k], initial[k], settings.divergence_factor)
+            for k, reason in monitor.check(values, live()).items():
                 if reason:
                     finish(k, "diverged", step, reason)
             if live():
@@ -201,70 +201,3 @@ def _load_member(model: nn.Module, params: dict, buffers: dict, k: int | None) -
     for name, tensor in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items():
         if name in state:
             tensor.copy_(state[name])
-
-
-# --- the runner's path ------------------------------------------------------------------
-def check(cfg: DictConfig, k: int) -> None:
-    """Raise a ConfigError when ``parallel_seeds=k`` cannot run this config."""
-    from .session import ConfigError
-
-    if k > 1 and cfg.problem.name not in SUPPORTED:
-        raise ConfigError(
-            f"parallel_seeds={k} supports the CNN problems {', '.join(SUPPORTED)}, not "
-            f"{cfg.problem.name} (stateful LSTM or BatchNorm); use parallel_seeds=1, or "
-            "hydra multirun (-m seed=...) to run seeds side by side"
-        )
-    if k > 1 and cfg.logger.name != "none":
-        raise ConfigError(f"parallel_seeds={k} does not support logger={cfg.logger.name}")
-    target = hydra.utils.get_class(str(cfg.optimizer._target_))
-    if k > 1 and getattr(target, "needs_batch_variance", False):
-        raise ConfigError(
-            f"parallel_seeds={k} does not support optimizer={cfg.optimizer.name} (per-example "
-            "gradients of K stacked networks); use parallel_seeds=1"
-        )
-
-
-def execute_group(cfg: DictConfig, seeds: list[int]) -> list[dict]:
-    """Train ``seeds`` (none of them finished) as one parallel group; one summary each."""
-    from . import session as runconfig  # session imports this module
-
-    with runconfig.data_source(cfg) as (cfg, source):
-        cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
-        plans = [runconfig.plan(c, source) for c in cfgs]
-        p = plans[0]  # problem, optimizer and settings are the same for every seed
-        runconfig.results.check_writable(p.results_root)
-        for plan, c in zip(plans, cfgs, strict=True):
-            plan.run.start(plan.identity, OmegaConf.to_yaml(c, resolve=True), force=bool(c.force))
-        runconfig.configure_device(cfg, p.device)
-        session = {"start": runconfig._now(), "device": p.device, "resumed": False}
-        session.update(parallel_seeds=int(cfg.parallel_seeds), parallel_group=list(seeds))
-        t0 = time.perf_counter()
-        models = [p.problem.build_model(s) for s in seeds]
-        runs = [plan.run for plan in plans]
-        summaries: list[dict | None] = [None] * len(seeds)
-        status = "failed"
-        try:
-            with runconfig.stop_on_sigterm() as stop:
-                summaries = train_parallel(
-                    p.problem, models, p.make_optimizer, p.settings, seeds, runs, stop
-                )
-            status = "finished"
-        except Interrupted:
-            status = "interrupted"
-            raise
-        except Exception as err:
-            for run in runs:  # members without a record of their own are marked failed
-                if run.summary() is None:
-                    run.write_summary({"status": "failed", "error": f"{type(err).__name__}: {err}"})
-            raise
-        finally:
-            session.update(end=runconfig._now(), wall_time_s=time.perf_counter() - t0)
-            env = runconfig._env_device(p.device)
-            for run in runs:
-                member = (run.summary() or {}).get("status")
-                status_k = member if member in ("completed", "diverged") else status
-                run.add_session({**session, "status": status_k, **env})
-        return [
-            {**s, "skipped": False, "run_dir": str(run.path)}
-            for s, run in zip(summaries, runs, strict=True)
-        ]

@@ -1,0 +1,85 @@
+"""Where a batch of runs is executed: in this process, or by a Hydra multirun launcher.
+
+A launcher is a callable ``launch(specs)`` that returns when every run of the batch has
+finished (or failed); the driver then reads the outcomes from the results store, so the
+two back ends are interchangeable.
+
+- ``InProcess``: the runner's ``execute_seeds`` here; the seeds of one configuration train
+  ``parallel_seeds`` at a time where the problem and method allow it.
+- ``HydraMultirun``: ``scripts/train.py -m hydra/launcher=<name>`` (joblib on this
+  machine, submitit on a SLURM cluster), one multirun per (problem, optimizer, budget) over
+  its step sizes x seeds, with overrides generated from the RunSpecs (``plan.to_overrides``).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..runner.plan import can_run, to_overrides
+from ..runner.session import execute_seeds
+from ..runner.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def _groups(specs: Sequence[RunSpec], key) -> list[list[RunSpec]]:
+    groups: dict = {}
+    for spec in specs:
+        groups.setdefault(key(spec), []).append(spec)
+    return list(groups.values())
+
+
+def _config(spec: RunSpec) -> tuple:
+    """Everything but the seed: runs that can train as one seed-parallel group."""
+    return (spec.problem, spec.optimizer.name, spec.optimizer.lr, spec.num_steps)
+
+
+@dataclass(frozen=True)
+class InProcess:
+    parallel_seeds: int = 1
+
+    def __call__(self, specs: Sequence[RunSpec]) -> None:
+        k = self.parallel_seeds
+        for group in _groups(specs, _config):
+            parallel = k > 1 and len(group) > 1 and can_run(group[0], k)
+            execute_seeds(group, k if parallel else 1)
+
+
+@dataclass(frozen=True)
+class HydraMultirun:
+    """``train_command`` is how to start ``scripts/train.py`` (``[python, path]``), given by
+    the calling script: nothing is located relative to the installed package."""
+
+    launcher: str
+    train_command: tuple[str, ...]
+
+    def commands(self, specs: Sequence[RunSpec]) -> list[list[str]]:
+        out = []
+        for group in _groups(specs, lambda s: (s.problem, s.optimizer.name, s.num_steps)):
+            lrs = sorted({s.optimizer.lr for s in group}, reverse=True)
+            seeds = sorted({s.seed for s in group})
+            if len(lrs) * len(seeds) == len(group):  # an lr x seed grid: one multirun
+                sweeps = [(lrs, seeds)]
+            else:
+                sweeps = [
+                    (sorted({s.optimizer.lr for s in group if s.seed == seed}, reverse=True),
+                     [seed]) for seed in seeds
+                ]  # fmt: skip
+            base = [
+                o for o in to_overrides(group[0]) if not o.startswith(("optimizer.lr=", "seed="))
+            ]
+            for sweep_lrs, sweep_seeds in sweeps:
+                out.append([
+                    *self.train_command, "-m", f"hydra/launcher={self.launcher}", *base,
+                    "optimizer.lr=" + ",".join(repr(lr) for lr in sweep_lrs),
+                    "seed=" + ",".join(str(s) for s in sweep_seeds),
+                ])  # fmt: skip
+        return out
+
+    def __call__(self, specs: Sequence[RunSpec]) -> None:
+        for cmd in self.commands(specs):
+            log.info("launching %s", " ".join(cmd[2:]))
+            subprocess.run(cmd, check=True)

@@ -1,0 +1,285 @@
+"""The one door between Hydra and the core: ``plan(cfg) -> RunSpec``, and back.
+
+``plan`` validates a composed ``conf/train.yaml`` and resolves it: the problem's config
+with its real batch size, step budget (``train.num_steps``, else the profile's, else the
+problem's) and schedule (scaled with the budget under ``schedule=paper``), the optimizer's
+registered class and all its arguments, the train settings, the profile, seed and data
+variant. Capabilities (per-example gradients, seed-parallel training) are checked here,
+once. Nothing is loaded or written; bad input raises a ``ConfigError`` that names the
+setting and the fix.
+
+``to_overrides(spec)`` is the way back for Hydra multirun launchers (joblib, submitit):
+command-line overrides that plan to the same run (same identity and settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..problems import PROBLEMS, load
+from .spec import BudgetRule, ConfigError, LoggerSpec, OptimizerSpec, RunSpec, TrainSettings
+
+log = logging.getLogger(__name__)
+
+#: Optimizer arguments that are real numbers even when written as integers (lr=1).
+FLOAT_ARGS = ("lr", "beta", "eps", "weight_decay", "momentum")
+
+
+# --- config -> RunSpec ----------------------------------------------------------------
+def plan(cfg: DictConfig) -> RunSpec:
+    """Validate ``cfg`` and resolve the run; loads no data and writes nothing."""
+    if cfg.data.variant not in ("real", "synthetic"):
+        raise ConfigError(f"data.variant must be 'real' or 'synthetic', got {cfg.data.variant!r}")
+    optimizer = optimizer_spec(cfg.optimizer)
+    name = str(cfg.problem.name)
+    given = {k: v for k, v in cfg.problem.items() if k != "name" and v is not None}
+    given = OmegaConf.to_container(OmegaConf.create(given), resolve=True)
+    try:
+        default = load(name, **given)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"problem={name}: {err}") from err
+
+    num_steps = cfg.train.num_steps
+    if num_steps is None:
+        num_steps = (cfg.profile.num_steps or {}).get(name)
+    num_steps = default.num_steps if num_steps is None else int(num_steps)
+    sched = cfg.schedule
+    milestones = default.config.lr_milestones if sched.milestones is None else sched.milestones
+    gamma = default.config.lr_gamma if sched.gamma is None else float(sched.gamma)
+    budget = BudgetRule(
+        reference_steps=default.num_steps,
+        reference_milestones=tuple(int(m) for m in milestones),
+        scale_schedule=bool(sched.get("scale_with_budget", False)),
+        eval_points=int(cfg.train.eval_points),
+        eval_every=None if cfg.train.eval_every is None else int(cfg.train.eval_every),
+    )
+    if budget.milestones(num_steps) != budget.reference_milestones:
+        log.info("%s: schedule scaled to the %d-step budget: milestones %s -> %s", name,
+                 num_steps, list(budget.reference_milestones),
+                 list(budget.milestones(num_steps)))  # fmt: skip
+    try:
+        problem_config = dataclasses.replace(
+            default.config,
+            num_steps=num_steps,
+            lr_milestones=budget.milestones(num_steps),
+            lr_gamma=gamma,
+            data_root=str(cfg.data.root),
+            mirror=None if cfg.data.mirror is None else str(cfg.data.mirror),
+            device=str(cfg.device),
+        )
+        train = train_settings(cfg, num_steps, budget.interval(num_steps), name)
+    except ValueError as err:
+        raise ConfigError(f"train settings: {err}") from err
+    spec = RunSpec(
+        problem=name,
+        problem_config=problem_config,
+        optimizer=optimizer,
+        train=train,
+        budget=budget,
+        profile=str(cfg.profile.name),
+        data_variant=str(cfg.data.variant),
+        results_root=str(cfg.results_root),
+        device=str(cfg.device),
+        allow_tf32=bool(cfg.allow_tf32),
+        force=bool(cfg.force),
+        logger=logger_spec(cfg.logger),
+    )
+    check_capabilities(spec)
+    return spec
+
+
+def optimizer_spec(node: DictConfig) -> OptimizerSpec:
+    """The method and its normalised arguments, tried on a dummy parameter (bad lr or beta
+    fail here, before any data is loaded)."""
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    name = kwargs.pop("name")
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    for key in FLOAT_ARGS:
+        if isinstance(kwargs.get(key), int) and not isinstance(kwargs[key], bool):
+            kwargs[key] = float(kwargs[key])
+    try:
+        spec = OptimizerSpec(name, kwargs)
+        spec.method  # noqa: B018 - registered?
+    except KeyError as err:
+        raise ConfigError(f"optimizer={name}: {err.args[0]}") from err
+    try:
+        spec.build([torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError) as err:
+        given = ", ".join(f"optimizer.{k}={v}" for k, v in kwargs.items())
+        raise ConfigError(
+            f"Invalid optimizer settings for {name} ({given}): {err}. "
+            "Fix the value on the command line, e.g. optimizer.lr=0.1 (lr > 0, 0 <= beta < 1)."
+        ) from err
+    return spec
+
+
+def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: str):
+    t = cfg.train
+    limit = t.eval_max_batches
+    if isinstance(limit, DictConfig):  # the profiles give one per problem
+        limit = limit.get(problem)
+    return TrainSettings(
+        num_steps=num_steps,
+        eval_every=eval_every,
+        seed=int(cfg.seed),
+        log_every=int(t.log_every),
+        divergence_factor=None if t.divergence_factor is None else float(t.divergence_factor),
+        eval_max_batches=None if limit is None else int(limit),
+        checkpoint_every=None if t.checkpoint_every is None else int(t.checkpoint_every),
+        keep_checkpoint=bool(t.keep_checkpoint),
+        progress=str(t.progress),
+        log_interval_s=float(t.log_interval_s),
+    )
+
+
+def logger_spec(node: DictConfig) -> LoggerSpec:
+    if node.name == "none":
+        return LoggerSpec()
+    return LoggerSpec(
+        name=str(node.name),
+        project=str(node.project),
+        entity=node.entity,
+        mode=str(node.mode),
+        job_type=str(node.job_type),
+        tags=tuple(node.tags or ()),
+        dir=node.dir,
+    )
+
+
+def plan_seeds(cfg: DictConfig) -> tuple[list[RunSpec], int]:
+    """``seed``, or each of ``seeds``, as RunSpecs; and ``parallel_seeds`` (checked)."""
+    k = cfg.get("parallel_seeds", 1)
+    seeds = cfg.get("seeds")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"parallel_seeds must be an integer >= 1 (1: off), got {k!r}")
+    if seeds is None:
+        seeds = [cfg.seed]
+    elif not OmegaConf.is_list(seeds) or not all(type(s) is int for s in seeds) or not seeds:
+        raise ConfigError(f"seeds must be a list of integers, e.g. 'seeds=[0,1,2]', got {seeds}")
+    spec = plan(cfg)
+    check_capabilities(spec, k)
+    return [spec.derive(seed=s) for s in dict.fromkeys(seeds)], k
+
+
+# --- capabilities: the one place ------------------------------------------------------
+def check_capabilities(spec: RunSpec, parallel_seeds: int = 1) -> None:
+    """Raise a ConfigError when this run (K seeds at a time) cannot be done."""
+    method, problem = spec.optimizer.method, PROBLEMS[spec.problem]
+    if method.per_example and not problem.per_example_gradients:
+        raise ConfigError(
+            f"optimizer={method.name} estimates the gradient variance from per-example "
+            f"gradients, which are not defined for problem={spec.problem} (BatchNorm in "
+            "training mode mixes the examples of a mini-batch). Use optimizer=msvag or "
+            "optimizer=svag (moving-average variance) on this problem."
+        )
+    if parallel_seeds == 1:
+        return
+    k = parallel_seeds
+    if not problem.seed_parallel:
+        supported = ", ".join(n for n, p in PROBLEMS.items() if p.seed_parallel)
+        raise ConfigError(
+            f"parallel_seeds={k} supports the CNN problems {supported}, not {spec.problem} "
+            "(stateful LSTM or BatchNorm); use parallel_seeds=1, or hydra multirun "
+            "(-m seed=...) to run seeds side by side"
+        )
+    if spec.logger.name != "none":
+        raise ConfigError(f"parallel_seeds={k} does not support logger={spec.logger.name}")
+    if not method.seed_parallel:
+        raise ConfigError(
+            f"parallel_seeds={k} does not support optimizer={method.name} (per-example "
+            "gradients of K stacked networks); use parallel_seeds=1"
+        )
+
+
+def can_run(spec: RunSpec, parallel_seeds: int = 1) -> bool:
+    try:
+        check_capabilities(spec, parallel_seeds)
+    except ConfigError:
+        return False
+    return True
+
+
+# --- RunSpec -> overrides (Hydra multirun launchers) ----------------------------------
+def to_overrides(spec: RunSpec) -> list[str]:
+    """Command-line overrides of ``conf/train.yaml`` that ``plan`` turns into ``spec``.
+
+    The resolved values travel, not their sources: the schedule as explicit milestones
+    (``schedule=piecewise``), the budget and evaluation interval as numbers.
+    """
+    pc = spec.problem_config
+    out = [
+        f"problem={spec.problem}",
+        f"optimizer={spec.optimizer.name}",
+        f"profile={spec.profile}",
+        f"seed={spec.seed}",
+        # lr is in every optimizer's config (and swept by launchers); the rest may be added.
+        *(
+            f"{'' if k == 'lr' else '++'}optimizer.{k}={_value(v)}"
+            for k, v in spec.optimizer.kwargs.items()
+        ),  # fmt: skip
+        "schedule=piecewise",
+        f"schedule.milestones={_value(list(pc.lr_milestones))}",
+        f"schedule.gamma={_value(pc.lr_gamma)}",
+    ]
+    skip = ("num_steps", "lr_milestones", "lr_gamma", "data_root", "mirror", "device")
+    for f in dataclasses.fields(pc):
+        if f.name not in skip:
+            out.append(f"++problem.{f.name}={_value(getattr(pc, f.name))}")
+    t = spec.train
+    for key in ("num_steps", "eval_every", "eval_max_batches", "log_every", "divergence_factor",
+                "checkpoint_every", "keep_checkpoint", "progress", "log_interval_s"):  # fmt: skip
+        out.append(f"train.{key}={_value(getattr(t, key))}")
+    out += [
+        f"data.root={_value(pc.data_root)}",
+        f"data.mirror={_value(pc.mirror)}",
+        f"data.variant={spec.data_variant}",
+        f"results_root={_value(spec.results_root)}",
+        f"device={_value(spec.device)}",
+        f"allow_tf32={_value(spec.allow_tf32)}",
+        f"logger={spec.logger.name}",
+    ]
+    if spec.logger.name != "none":
+        lg = spec.logger
+        out += [f"logger.{k}={_value(getattr(lg, k))}" for k in
+                ("project", "entity", "mode", "job_type", "tags", "dir")]  # fmt: skip
+    return out
+
+
+def _value(v) -> str:
+    """A value in Hydra's override grammar (strings quoted, so paths are safe)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    escaped = str(v).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+# --- many runs at once (the reproduction driver) --------------------------------------
+def plan_pairs(pairs, overrides: list[str]) -> dict[tuple[str, str], RunSpec | ConfigError]:
+    """The base RunSpec of each (problem, optimizer), composed once each from
+    ``conf/train.yaml`` with ``overrides`` (Hydra must be initialised, as it is inside
+    ``@hydra.main``); a pair that cannot run gets its ConfigError instead."""
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+
+    out = {}
+    for problem, optimizer in pairs:
+        try:
+            cfg = compose("train", overrides=[f"problem={problem}", f"optimizer={optimizer}",
+                                              *overrides])  # fmt: skip
+        except MissingConfigException as err:
+            raise ConfigError(f"{problem}/{optimizer}: {err}") from err
+        try:
+            out[(problem, optimizer)] = plan(cfg)
+        except ConfigError as err:
+            out[(problem, optimizer)] = err
+    return out

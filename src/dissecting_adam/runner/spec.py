@@ -1,0 +1,223 @@
+"""The RunSpec: a typed, frozen, fully resolved record of everything that defines one run.
+
+``runner.plan.plan(cfg)`` is the only way from a Hydra config to a RunSpec; everything
+below it (the session, the loop, the store, the reproduction driver) takes RunSpecs. A
+driver derives the runs it needs from one with ``derive`` (another step size, seed or
+step budget) and finds them in the store by ``identity()``, without composing a config
+again. The run record's ``config.yaml`` is ``to_dict()`` of its RunSpec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import methods
+from ..problems import PROBLEMS, ProblemConfig
+
+
+class ConfigError(ValueError):
+    """Bad input in a run's config; the message names the setting and the fix."""
+
+
+#: Problem settings that do not change a run's result (paths, device, memory use).
+NOT_IDENTITY = ("data_root", "mirror", "device", "eval_batch_size")
+
+
+def default_eval_every(num_steps: int, points: int = 50) -> int:
+    """An interval giving about ``points`` evaluations per curve (plus step 0)."""
+    return max(1, num_steps // max(1, points))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a run is driven; the first six fields change the recorded result, the rest not."""
+
+    num_steps: int
+    eval_every: int
+    seed: int = 0
+    log_every: int = 10
+    divergence_factor: float | None = 100.0
+    eval_max_batches: int | None = None  # per split; None: the whole split
+    checkpoint_every: int | None = 500
+    keep_checkpoint: bool = False
+    progress: str = "auto"  # "auto" (a bar on a terminal, else lines), "bar", "lines", "off"
+    log_interval_s: float = 60.0
+
+    def __post_init__(self):
+        if self.num_steps < 0 or self.eval_every < 1 or self.log_every < 1:
+            raise ValueError(f"need num_steps >= 0, eval_every >= 1, log_every >= 1: {self}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        if self.eval_max_batches is not None and self.eval_max_batches < 1:
+            raise ValueError(f"eval_max_batches must be >= 1 or None, got {self.eval_max_batches}")
+        if self.progress not in ("auto", "bar", "lines", "off"):
+            raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registered method and all its keyword arguments (lr included)."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+    @property
+    def method(self) -> methods.Method:
+        return methods.get(self.name)
+
+    @property
+    def lr(self) -> float:
+        return float(self.kwargs["lr"])
+
+    def build(self, params) -> torch.optim.Optimizer:
+        return self.method.cls(params, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """How the schedule and the evaluation interval follow the step budget.
+
+    With ``scale_schedule`` (``schedule=paper``) the milestones, given for the problem's
+    own budget ``reference_steps``, scale with a shorter or longer budget (P4 at 1,500
+    steps: x0.1 at step 938); an explicit ``eval_every`` wins over ``eval_points``.
+    """
+
+    reference_steps: int
+    reference_milestones: tuple[int, ...]
+    scale_schedule: bool
+    eval_points: int
+    eval_every: int | None = None
+
+    def milestones(self, num_steps: int) -> tuple[int, ...]:
+        if not self.scale_schedule or num_steps == self.reference_steps:
+            return tuple(self.reference_milestones)
+        ratio = num_steps / self.reference_steps
+        return tuple(round(m * ratio) for m in self.reference_milestones)
+
+    def interval(self, num_steps: int) -> int:
+        return self.eval_every or default_eval_every(num_steps, self.eval_points)
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """``logger=none`` or ``logger=wandb`` and its settings."""
+
+    name: str = "none"
+    project: str = "dissecting-adam"
+    entity: str | None = None
+    mode: str = "offline"
+    job_type: str = "train"
+    tags: tuple[str, ...] = ()
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run is. Resolved: the values in effect, not the defaults' sources."""
+
+    problem: str
+    problem_config: ProblemConfig  # the real batch size, budget and schedule
+    optimizer: OptimizerSpec
+    train: TrainSettings
+    budget: BudgetRule
+    profile: str = "paper"
+    data_variant: str = "real"  # or "synthetic": generated stand-ins (tests, smoke checks)
+    results_root: str = "results"
+    device: str = "auto"  # resolved when the run starts: "auto" is CUDA if available
+    allow_tf32: bool = True
+    force: bool = False
+    logger: LoggerSpec = field(default_factory=LoggerSpec)
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def num_steps(self) -> int:
+        return self.train.num_steps
+
+    # --- deriving -----------------------------------------------------------------------
+    def derive(self, *, lr: float | None = None, seed: int | None = None,
+               num_steps: int | None = None, **changes) -> RunSpec:  # fmt: skip
+        """This run with another step size, seed or step budget (schedule and evaluation
+        interval follow the budget as ``budget`` says), or other top-level fields."""
+        spec = self
+        if lr is not None:
+            optimizer = dataclasses.replace(
+                spec.optimizer, kwargs={**spec.optimizer.kwargs, "lr": float(lr)}
+            )
+            spec = dataclasses.replace(spec, optimizer=optimizer)
+        if seed is not None:
+            spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, seed=int(seed)))
+        if num_steps is not None:
+            n = int(num_steps)
+            problem_config = dataclasses.replace(
+                spec.problem_config, num_steps=n, lr_milestones=spec.budget.milestones(n)
+            )
+            train = dataclasses.replace(spec.train, num_steps=n, eval_every=spec.budget.interval(n))
+            spec = dataclasses.replace(spec, problem_config=problem_config, train=train)
+        return dataclasses.replace(spec, **changes) if changes else spec
+
+    # --- identity and record ------------------------------------------------------------
+    def identity(self) -> dict:
+        """Everything that can change the run's recorded result (and nothing else)."""
+        config = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self.problem_config).items()
+            if k not in NOT_IDENTITY
+        }
+        t = self.train
+        return {
+            "profile": self.profile,
+            "problem": self.problem,
+            "problem_config": config,
+            "data_variant": self.data_variant,
+            "optimizer": self.optimizer.name,
+            "optimizer_kwargs": dict(self.optimizer.kwargs),
+            "optimizer_target": self.optimizer.method.target,
+            "seed": t.seed,
+            "train": {
+                "num_steps": t.num_steps,
+                "eval_every": t.eval_every,
+                "eval_max_batches": t.eval_max_batches,
+                "log_every": t.log_every,
+                "divergence_factor": t.divergence_factor,
+            },
+        }
+
+    def run_dir(self):
+        from .store import RunDir
+
+        return RunDir.for_identity(Path(self.results_root), self.identity())
+
+    def to_dict(self) -> dict:
+        """Plain data (YAML/JSON-ready): the run's ``config.yaml``."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        """The inverse of ``to_dict`` (a run's ``config.yaml`` read back)."""
+        config_cls = PROBLEMS[d["problem"]].Config
+        return cls(
+            **{
+                **d,
+                "problem_config": config_cls(**d["problem_config"]),
+                "optimizer": OptimizerSpec(**d["optimizer"]),
+                "train": TrainSettings(**d["train"]),
+                "budget": BudgetRule(
+                    **{
+                        **d["budget"],
+                        "reference_milestones": tuple(d["budget"]["reference_milestones"]),
+                    }
+                ),  # fmt: skip
+                "logger": LoggerSpec(**{**d["logger"], "tags": tuple(d["logger"]["tags"])}),
+            }
+        )
