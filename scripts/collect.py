@@ -6,7 +6,8 @@
 
 Columns: profile, problem, optimizer, lr, seed, step, split (train_eval, test, minibatch),
 loss, accuracy, status, config_hash, data_loss, diverged_step. The library function is
-``dissecting_adam.results.collect``.
+``dissecting_adam.runner.store.collect``. A run whose records cannot be read is left
+out and named (a 'skipped' line); the table is still written.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     write_table(table, out)
     runs = table.groupby(["problem", "optimizer", "lr", "seed", "config_hash"]).ngroups
     print(f"{len(table)} rows from {runs} runs -> {out}")
+    skipped = table.attrs.get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable record(s):", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
     if len(table):
         print(table.drop_duplicates("config_hash")["status"].value_counts().to_string())
     return 0

@@ -14,6 +14,7 @@ once each, the search settings and a launcher; ``dissecting_adam.protocol`` does
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from dissecting_adam.protocol.estimate import estimate
 from dissecting_adam.protocol.launch import HydraMultirun, InProcess
 from dissecting_adam.protocol.search import SearchSettings
 from dissecting_adam.runner.data import problem_for
+from dissecting_adam.runner.loop import Interrupted
 from dissecting_adam.runner.plan import ConfigError, plan_pairs
 from dissecting_adam.runner.store import ResultsError
 
@@ -43,7 +45,9 @@ def search_settings(node: DictConfig) -> SearchSettings:
             mantissas=tuple(float(m) for m in g.mantissas),
             lo=float(g.lo),
             grid_hi={k: float(v) for k, v in (g.hi or {}).items()},
+            up_points=int(g.up_points),
             probe_fraction=float(node.probe_fraction),
+            progress_ratio=None if node.progress_ratio is None else float(node.progress_ratio),
             points=int(node.points),
             max_extensions=int(node.max_extensions),
             metric=str(node.metric),
@@ -132,13 +136,24 @@ def run(cfg: DictConfig) -> dict[str, Path] | None:
     return driver.reproduce(r)
 
 
+def _terminate(signum, frame):  # outside a training session (which checkpoints first)
+    raise Interrupted(f"{signal.Signals(signum).name} received")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run(cfg)
     except (ConfigError, ResultsError, DataError) as err:
         log.error("%s", err)
         sys.exit(1)
+    except Interrupted:  # SIGTERM: the running run checkpointed and is recorded interrupted
+        log.warning("interrupted; rerun the same command to continue")
+        sys.exit(143)
+    except KeyboardInterrupt:
+        log.warning("interrupted; rerun the same command to continue")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

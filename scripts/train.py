@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> list[dict]:
     except Interrupted as err:  # SIGTERM: checkpointed, resumes when rerun
         log.warning("%s", err)
         sys.exit(143)
+    except KeyboardInterrupt:
+        log.warning("interrupted; rerun the same command to resume from the last checkpoint")
+        sys.exit(130)
     for summary in summaries:
         word = "already " + summary["status"] if summary["skipped"] else summary["status"]
         log.info("%s: %s", summary["run_dir"], word)

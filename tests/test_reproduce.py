@@ -72,8 +72,10 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
     assert paths["fig5"].exists()
     selection = json.loads((out / "selection.json").read_text())
     assert set(selection) == {"tolstoi_char_rnn/msgd", "tolstoi_char_rnn/adam"}
-    for sel in selection.values():  # the top of the smoke grid: msgd 0.1, adam 0.01
-        assert sel["at_grid_top"] == (sel["lr"] in (0.1, 0.01))
+    for sel in selection.values():  # the cap: one grid point above the start (0.1, 0.01)
+        assert sel["cap_reached"] == (sel["largest_stable"] in (1.0, 0.1))
+        assert sel["lr"] <= sel["largest_stable"] and set(sel["probes"].values()) <= {
+            "stable", "diverged", "no progress"}  # fmt: skip
     printed = capsys.readouterr().out
     assert "pairs" in printed and "total: ~" in printed  # the run count and estimate
     # Every replicate seed of each selection is in the summary.
@@ -82,6 +84,8 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
     assert (out / "claims.md").read_text().startswith("**Generated stand-in data")
     reps = pd.read_parquet(out / "replicates.parquet")
     assert sorted(reps.groupby("optimizer")["seed"].unique().map(list).sum()) == [0, 0, 1, 1]
+    search = pd.read_csv(out / "search.csv")  # the search seed is none of the replicates'
+    assert len(search) >= 2
 
     # Interrupt-and-rerun semantics: a second reproduction trains nothing.
     runs_before = sorted(p.parent for p in tmp_path.rglob("summary.json"))
@@ -108,9 +112,10 @@ def test_dry_run_of_the_paper_profile_prints_the_plan_fast_and_writes_nothing(tm
     assert "16 (problem, optimizer) pairs" in plan
     for problem in ("fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404", "tolstoi_char_rnn"):
         assert f"{problem}/msvag: 0 search run(s) in the store" in plan
-    # Each pair's first probe: the top of its grid, 10% of the paper's budget.
-    assert "next: probe lr=10 seed=0 (600 steps)" in plan  # fmnist_2c2d, M-SGD
-    assert "next: probe lr=1 seed=0 (8000 steps)" in plan  # cifar100_wrn404, Adam
+    # Each pair's first probe: its start on the grid, the first 10% of a paper run, with
+    # the search seed (outside the replicate seeds 0-9).
+    assert "next: probe lr=10 seed=100 (600 steps)" in plan  # fmnist_2c2d, M-SGD
+    assert "next: probe lr=1 seed=100 (8000 steps)" in plan  # cifar100_wrn404, Adam
     assert "Next round: 16 run(s)" in plan and "ms/step" not in plan  # no estimate
     assert took < 10, took
     assert list(tmp_path.iterdir()) == []
@@ -134,7 +139,7 @@ def test_runs_derived_from_a_base_spec_are_the_runs_a_config_would_plan(tmp_path
         cfg = compose("train", overrides=[
             "problem=tolstoi_char_rnn", "optimizer=adam", "profile=smoke", "device=cpu",
             f"results_root={tmp_path}", "train.progress=lines", "data.variant=synthetic",
-            "train.checkpoint_every=null", "train.num_steps=3", "optimizer.lr=0.003",
+            "train.checkpoint_every=null", "train.num_steps=3", "optimizer.lr=0.003", "seed=100",
         ])  # fmt: skip
     assert probe == plan(cfg)
 
@@ -229,3 +234,27 @@ def test_a_toy_optimizer_joins_the_whole_pipeline_through_the_registry(tmp_path)
     claims = pd.read_csv(out / "claims.csv") if (out / "claims.csv").exists() else None
     assert claims is None or "toy" not in set(claims["a"]) | set(claims["b"])
     assert (out / "fig5.png").stat().st_size > 0
+
+
+def test_probes_are_prefixes_and_their_runs_go_on_from_them(tmp_path):
+    """probe_fraction < 1: probes stop early (stop_at) with the whole run's schedule, and
+    the search run at a probed step size adopts the probe's checkpoint."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("reproduce", overrides=[
+            "profile=smoke", "problems=[fmnist_2c2d]", "optimizers=[adam]",
+            f"results_root={tmp_path}", "device=cpu", "estimate=false",
+            "search.probe_fraction=0.5", "search.replicate_seeds=[0]",
+            "overrides=['data.variant=synthetic','train.checkpoint_every=null',"
+            "'train.num_steps=4','problem.batch_size=4','problem.eval_batch_size=16']",
+        ])  # fmt: skip
+        rs.run(cfg)
+    idents = [json.loads(p.read_text()) for p in tmp_path.rglob("identity.json")]
+    probes = [i for i in idents if i["train"].get("stop_at") is not None]
+    assert probes and all(i["train"]["stop_at"] == 2 and i["seed"] == 100 for i in probes)
+    adopted = []
+    for env in tmp_path.rglob("environment.json"):
+        sessions = json.loads(env.read_text())["sessions"]
+        adopted += [s for s in sessions if s["status"] == "adopted"]
+    assert adopted, "no search run started from its probe"
+    selection = json.loads((Path(cfg.out_dir) / "selection.json").read_text())
+    assert selection["fmnist_2c2d/adam"]["probes"]

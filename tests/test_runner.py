@@ -18,7 +18,7 @@ from dissecting_adam.runner.store import ResultsError, RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-FILES = ["identity.json", "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
+FILES = [".lock", "identity.json", "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
 
 
 def execute(cfg):
@@ -260,3 +260,25 @@ def _wandb_records(path):
         record.ParseFromString(chunk)
         records.append(record)
     return records
+
+
+def test_a_probe_is_the_first_part_of_its_run_and_the_run_goes_on_from_it(tmp_path):
+    """stop_at: the same run (schedule, data, augmentation draws) stopped early, keeping
+    its checkpoint; the whole run adopts it and ends byte-identical to one never stopped."""
+    args = ["problem=cifar10_3c3d", "train.num_steps=12", "train.eval_every=4",
+            "train.checkpoint_every=null"]  # fmt: skip
+    whole = RunDir(Path(execute(make_cfg(tmp_path / "whole", *args))["run_dir"]))
+    spec = plan(make_cfg(tmp_path / "cut", *args))
+    probe = session.execute(spec.derive(stop_at=4))
+    assert probe["status"] == "completed" and probe["steps_done"] == 4 and probe["stop_at"] == 4
+    probe_run = RunDir(Path(probe["run_dir"]))
+    assert probe_run.checkpoint_file.exists() and probe_run.path != spec.run_dir().path
+    assert whole.metrics_file.read_bytes().startswith(probe_run.metrics_file.read_bytes())
+    assert spec.run_dir().adopt(probe_run)
+    assert not spec.run_dir().adopt(probe_run)  # only into a run that has not started
+    resumed = session.execute(spec)
+    assert resumed["status"] == "completed" and resumed["steps_done"] == 12
+    assert spec.run_dir().metrics_file.read_bytes() == whole.metrics_file.read_bytes()
+    sessions = json.loads(spec.run_dir().environment_file.read_text())["sessions"]
+    assert [s["status"] for s in sessions] == ["adopted", "completed"]
+    assert sessions[0]["adopted_from"] == str(probe_run.path) and sessions[1]["resumed"]

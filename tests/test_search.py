@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dissecting_adam.protocol.search import Outcome, StepSizeSearch, grid
+from dissecting_adam.protocol.search import Outcome, Probe, SearchSettings, StepSizeSearch, grid
 
 
 def test_grid_is_1_3_6_times_powers_of_ten_largest_first():
@@ -115,3 +115,81 @@ def test_invalid_arguments():
         StepSizeSearch((0.1, 1.0))
     with pytest.raises(ValueError, match="points"):
         StepSizeSearch((1.0,), points=0)
+
+
+# --- the probe: up while stable (to the cap), else down --------------------------------
+def probe_run(probe, simulate, budget=50):
+    outcomes, order = {}, []
+    for _ in range(budget):
+        lr = probe.next_lr(outcomes)
+        if lr is None:
+            return outcomes, order
+        outcomes[lr] = simulate(lr)
+        order.append(lr)
+    raise AssertionError("probe did not terminate")
+
+
+def stable_below(limit):
+    return lambda lr: Outcome("diverged") if lr > limit else Outcome("completed", 0.5, True)
+
+
+def test_probe_goes_up_while_stable_and_stops_at_the_first_unstable_step_size():
+    lrs = tuple(grid(1e-4, 100.0))  # 100, 60, 30, 10, 6, 3, 1, ...
+    probe = Probe(lrs, start=lrs.index(1.0))
+    outcomes, order = probe_run(probe, stable_below(6.0))
+    assert order == [1.0, 3.0, 6.0, 10.0]
+    assert lrs[probe.top(outcomes)] == 6.0 and not probe.cap_reached(outcomes)
+
+
+def test_probe_reports_a_stable_cap():
+    lrs = tuple(grid(1e-4, 10.0))
+    probe = Probe(lrs, start=lrs.index(1.0))
+    outcomes, order = probe_run(probe, stable_below(1e9))
+    assert order == [1.0, 3.0, 6.0, 10.0] and probe.top(outcomes) == 0
+    assert probe.cap_reached(outcomes)
+
+
+def test_probe_goes_down_when_the_start_is_unstable_and_says_when_nothing_is():
+    lrs = tuple(grid(1e-3, 10.0, mantissas=(1,)))
+    probe = Probe(lrs, start=lrs.index(1.0))
+    outcomes, order = probe_run(probe, stable_below(0.05))
+    assert order == [1.0, 0.1, 0.01] and lrs[probe.top(outcomes)] == 0.01
+    outcomes, order = probe_run(probe, stable_below(0.0))
+    assert order == [1.0, 0.1, 0.01, 0.001] and probe.top(outcomes) == len(lrs)
+
+
+def test_a_run_whose_loss_does_not_fall_is_not_stable():
+    """A saturated network (no divergence, no progress) does not count as stable."""
+    lrs = tuple(grid(1e-3, 10.0, mantissas=(1,)))
+
+    def saturates_above(lr):
+        return Outcome("completed", 0.1, progressed=lr <= 0.1)
+
+    probe = Probe(lrs, start=lrs.index(1.0))
+    outcomes, order = probe_run(probe, saturates_above)
+    assert order == [1.0, 0.1] and lrs[probe.top(outcomes)] == 0.1
+    assert not Outcome("completed", 0.1, progressed=False).stable
+    assert Outcome("completed", 0.1, progressed=None).stable  # unknown: not held against it
+    assert not Outcome("diverged", None, progressed=True).stable
+    # The search of full runs applies the same rule.
+    search = StepSizeSearch(lrs, points=2)
+    _, order, sel = run_search(search, saturates_above)
+    assert order[:2] == [10.0, 1.0] and sel.lr in (0.1, 0.01)
+
+
+def test_settings_build_the_grid_with_its_cap_and_a_probe_that_is_a_prefix():
+    from dissecting_adam import methods
+
+    s = SearchSettings("paper", up_points=6)
+    msgd, adam = methods.get("msgd"), methods.get("adam")
+    assert s.lrs(msgd)[:8] == (1000.0, 600.0, 300.0, 100.0, 60.0, 30.0, 10.0, 6.0)
+    assert s.probe(msgd).lrs[s.probe(msgd).start] == 10.0  # the registry's start
+    assert s.lrs(adam)[0] == 100.0 and s.lrs(adam)[-1] == 1e-5
+    assert SearchSettings("paper", up_points=0).lrs(adam)[0] == 1.0
+    # Probes stop at an evaluation step of the full run (so it can resume from them).
+    assert s.probe_steps(6000, 120) == 600
+    assert SearchSettings("preview", probe_fraction=0.25).probe_steps(1500, 150) == 300
+    assert SearchSettings("smoke", probe_fraction=1.0).probe_steps(10, 5) is None
+    with pytest.raises(ValueError, match="progress_ratio"):
+        SearchSettings("x", progress_ratio=0.0)
+    assert SearchSettings("x").search_seed not in SearchSettings("x").replicate_seeds

@@ -84,7 +84,8 @@ def test_overrides_from_a_spec_plan_to_the_same_run(problem, optimizer, profile)
     """What a Hydra launcher receives: derived runs (probes with a scaled schedule) too."""
     base = planned(f"problem={problem}", f"optimizer={optimizer}", f"profile={profile}",
                    "data.mirror='/some where/it\\'s'", "+optimizer.foreach=false")  # fmt: skip
-    for spec in (base, base.derive(lr=3e-05, seed=7, num_steps=base.num_steps // 10 + 1)):
+    short = base.derive(lr=3e-05, seed=7, num_steps=base.num_steps // 10 + 1)
+    for spec in (base, short, base.derive(lr=0.3, seed=100, stop_at=base.train.eval_every)):
         again = planned(*to_overrides(spec))
         assert again.identity() == spec.identity()
         assert again.problem_config == spec.problem_config and again.train == spec.train

@@ -1,4 +1,4 @@
-"""Per-example gradient statistics of a mini-batch with ``torch.func`` (paper §D; docs/extensions.md).
+"""Per-example gradient statistics of a mini-batch with ``torch.func`` (paper §D).
 
 For a mini-batch B with per-example data losses l_k (the training loss is their mean plus
 the regulariser), ``batch_moments`` returns for every trainable tensor

@@ -2,14 +2,17 @@
 
 The driver receives built objects (``Reproduction``: one base RunSpec per (problem,
 optimizer), the search settings, a launcher) and derives every run it needs from the base
-specs (``RunSpec.derive``: step size, seed, step budget). It finds finished runs in the
+specs (``RunSpec.derive``: step size, seed, where to stop). It finds finished runs in the
 results store by identity, so an interrupted reproduction restarts where it stopped. The
 search is the pure logic of ``search.py``, driven in rounds: each round gathers the next
 runs of every pair and hands them to the launcher as one batch.
 
-    probe:     short runs (probe_fraction of the budget) from the top of the grid down,
-               until one does not diverge: the largest stable step size;
-    search:    StepSizeSearch on the grid from there down, full budget, search seed;
+    probe:     the first ``probe_fraction`` of a run (same schedule, stopped early), from
+               the method's start up the grid while stable (to the cap), else down until
+               stable: the largest stable step size (stable: not diverged, loss fell);
+    search:    StepSizeSearch on the grid from there down, full budget, the search seed
+               (outside the replicate seeds); a search run at a probed step size resumes
+               from its probe's checkpoint instead of starting again;
     replicate: the selected step size with every replicate seed;
     report:    curves, summary, claims and figures from the store only (``outputs``).
 
@@ -50,9 +53,11 @@ class Reproduction:
         return list(self.base)
 
     def probe(self, pair: Pair, lr: float) -> RunSpec:
+        """The probe at ``lr``: the search run's first part (the whole run if
+        ``probe_fraction`` >= 1)."""
         base = self.base[pair]
-        steps = self.search.probe_steps(base.num_steps)
-        return base.derive(lr=lr, seed=self.search.search_seed, num_steps=steps)
+        stop = self.search.probe_steps(base.num_steps, base.train.eval_every)
+        return base.derive(lr=lr, seed=self.search.search_seed, stop_at=stop)
 
     def search_run(self, pair: Pair, lr: float) -> RunSpec:
         return self.base[pair].derive(lr=lr, seed=self.search.search_seed)
@@ -72,7 +77,21 @@ def outcome_of(spec: RunSpec, search: SearchSettings) -> Outcome | None:
     summary = finished_summary(spec)
     if summary is None:
         return None
-    return Outcome(summary["status"], metric_of(spec, summary, search))
+    progress = progressed(spec, summary, search.progress_ratio)
+    return Outcome(summary["status"], metric_of(spec, summary, search), progress)
+
+
+def progressed(spec: RunSpec, summary: dict, ratio: float | None) -> bool | None:
+    """Whether the final training loss (train-eval set) is below ``ratio`` x its value at
+    step 0; None where either is missing (a diverged run) or there is no rule."""
+    if ratio is None:
+        return None
+    final = (summary.get("final") or {}).get("train_eval_loss")
+    rows = spec.run_dir().read_metrics()
+    first = next((r["loss"] for r in rows if r["split"] == "train_eval" and r["step"] == 0), None)
+    if final is None or first is None:
+        return None
+    return bool(final < ratio * first)
 
 
 def metric_of(spec: RunSpec, summary: dict, search: SearchSettings) -> float | None:
@@ -94,6 +113,7 @@ class PairState:
     """What is known of one pair's search: the probe's result and the search runs."""
 
     top: int | None = None  # grid index of the largest stable lr, once the probe found it
+    cap_reached: bool = False  # the largest step size allowed was stable
     probes: dict[float, Outcome] = field(default_factory=dict)
     outcomes: dict[float, Outcome] = field(default_factory=dict)
 
@@ -103,21 +123,17 @@ def search_round(r: Reproduction, states: dict[Pair, PairState]) -> list[RunSpec
     batch = []
     for pair, st in states.items():
         method = methods.get(pair[1])
-        lrs = r.search.search(method).lrs
-        if st.top is None:  # probe phase: from the top down, one run at a time
-            for i, lr in enumerate(lrs):
-                out = st.probes.get(lr) or outcome_of(r.probe(pair, lr), r.search)
+        if st.top is None:  # probe phase: one run at a time, up or down the grid
+            probe = r.search.probe(method)
+            while (lr := probe.next_lr(st.probes)) is not None:
+                out = outcome_of(r.probe(pair, lr), r.search)
                 if out is None:
                     batch.append(r.probe(pair, lr))
                     break
                 st.probes[lr] = out
-                if out.status != "diverged":
-                    st.top = i
-                    break
-            else:
-                st.top = len(lrs)  # everything diverged
-            if st.top is None:
+            if lr is not None:
                 continue
+            st.top, st.cap_reached = probe.top(st.probes), probe.cap_reached(st.probes)
         search = r.search.search(method, st.top)
         for lr in search.lrs:
             if lr not in st.outcomes and (out := outcome_of(r.search_run(pair, lr), r.search)):
@@ -147,8 +163,22 @@ def run_search(r: Reproduction) -> dict:
     states = {pair: PairState() for pair in r.pairs}
     while batch := search_round(r, states):
         log.info("search round: %d run(s)", len(batch))
-        r.launch(batch)
+        launch(r, batch)
     return selections(r, states)
+
+
+def launch(r: Reproduction, specs: Sequence[RunSpec]) -> None:
+    """Hand ``specs`` to the launcher; a whole run whose probe is stored (same lr and seed,
+    stopped early, stable) starts from the probe's checkpoint instead of from scratch."""
+    for spec in specs:
+        pair = (spec.problem, spec.optimizer.name)
+        if spec.train.stop_at is not None or spec.seed != r.search.search_seed:
+            continue
+        probe = r.probe(pair, spec.optimizer.lr)
+        out = outcome_of(probe, r.search) if probe.train.stop_at is not None else None
+        if out is not None and out.stable and spec.run_dir().adopt(probe.run_dir()):
+            log.info("%s starts from its probe's checkpoint", spec.run_dir().path)
+    r.launch(specs)
 
 
 def replicates(r: Reproduction, chosen: dict) -> list[RunSpec]:
@@ -161,17 +191,17 @@ def replicates(r: Reproduction, chosen: dict) -> list[RunSpec]:
 
 
 def warn_edges(r: Reproduction, chosen: dict) -> None:
-    for pair, (sel, _) in chosen.items():
-        top = r.search.grid_top(methods.get(pair[1]))
+    for pair, (sel, st) in chosen.items():
+        top = r.search.lrs(methods.get(pair[1]))[0]
         if sel is None:
             log.warning("%s/%s: no step size completed; no replicates", *pair)
         elif sel.on_lower_edge:
             log.warning("%s/%s: selected lr %g is on the lower edge of the searched range",
                         *pair, sel.lr)  # fmt: skip
-        elif sel.lr >= top:
+        elif st.cap_reached and sel.lr >= top:
             log.warning(
-                "%s/%s: selected lr %g is the top of the grid (search.grid.hi.%s), which was "
-                "stable; larger step sizes were not tried", *pair, sel.lr, pair[1]
+                "%s/%s: selected lr %g is the cap of the grid (search.grid.up_points above the "
+                "start), which was stable; larger step sizes were not tried", *pair, sel.lr
             )  # fmt: skip
 
 
@@ -183,7 +213,7 @@ def reproduce(r: Reproduction) -> dict[str, Path]:
     todo = [spec for spec in replicates(r, chosen) if finished_summary(spec) is None]
     if todo:
         log.info("replicates: %d run(s)", len(todo))
-        r.launch(todo)
+        launch(r, todo)
     paths = outputs.write(r, chosen)
     print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min. Outputs:")
     for path in sorted(r.out_dir.iterdir()):
@@ -207,9 +237,9 @@ def dry_run(r: Reproduction) -> str:
         done = len(st.probes) + len(st.outcomes)
         lines.append(f"  {pair[0]}/{pair[1]}: {done} search run(s) in the store")
         for spec in nxt.get(pair, []):
-            kind = "probe" if spec.num_steps != r.base[pair].num_steps else "search"
+            kind = "probe" if spec.train.stop_at is not None or st.top is None else "search"
             lines.append(f"    next: {kind} lr={spec.optimizer.lr:g} seed={spec.seed} "
-                         f"({spec.num_steps} steps) -> {spec.run_dir().path}")  # fmt: skip
+                         f"({spec.train.end} steps) -> {spec.run_dir().path}")  # fmt: skip
         if sel is not None:
             mine = [s for s in reps if (s.problem, s.optimizer.name) == pair]
             left = [s for s in mine if s in rep_todo]

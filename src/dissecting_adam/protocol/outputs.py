@@ -75,10 +75,18 @@ def write(r, chosen: dict) -> dict[str, Path]:
             "metric": sel.metric,
             "tie_with": sel.tie_with,
             "on_lower_edge": sel.on_lower_edge,
-            # The largest step size tried was stable and won: a larger one may be better.
-            "at_grid_top": sel.lr >= r.search.grid_top(methods.get(o)),
+            "largest_stable": r.search.lrs(methods.get(o))[st.top],
+            # The cap of the grid was stable: a larger step size may be stable (and better).
+            "cap_reached": st.cap_reached,
+            "probes": {f"{lr:g}": _probe_word(x) for lr, x in sorted(st.probes.items())},
         }
-        for (p, o), (sel, _) in chosen.items()
+        for (p, o), (sel, st) in chosen.items()
     }
     (out / "selection.json").write_text(json.dumps(selection, indent=2))
     return paths
+
+
+def _probe_word(outcome) -> str:
+    if outcome.status == "diverged":
+        return "diverged"
+    return "stable" if outcome.stable else "no progress"

@@ -227,7 +227,8 @@ class SearchSettings:
     grid_hi: Mapping[str, float] = field(default_factory=dict)
     up_points: int = 6  # how far above the start the probe may go (grid points)
     probe_fraction: float = 0.1
-    progress_ratio: float = 1.0  # stable: final training loss < ratio x the initial one
+    progress_ratio: float | None = 1.0  # stable: final training loss < ratio x initial one
+    # (None: no progress rule; the smoke profile's runs of a few steps)
     points: int = 4
     max_extensions: int = 3
     metric: str = "test_accuracy"
@@ -243,7 +244,8 @@ class SearchSettings:
             raise ValueError(f"search.mode must be 'final' or 'best', got {self.mode!r}")
         if not 0 < self.probe_fraction:
             raise ValueError(f"search.probe_fraction must be > 0, got {self.probe_fraction}")
-        if self.up_points < 0 or not 0 < self.progress_ratio <= 1:
+        ratio = self.progress_ratio
+        if self.up_points < 0 or (ratio is not None and not 0 < ratio <= 1):
             raise ValueError("search.grid.up_points must be >= 0 and 0 < progress_ratio <= 1")
 
     @property

@@ -5,20 +5,27 @@ buffers, its carried LSTM state (tolstoi), the optimizer's and the scheduler's s
 random number generator (torch CPU and CUDA, numpy, Python), the position in the data (the
 number of batches drawn; the batch iterator is rebuilt from its seed and fast-forwarded,
 which replays its random draws exactly) and the runner's own counters. It is written to a
-temp file and renamed, so a run killed while saving keeps its previous checkpoint.
+temp file and renamed, so a run killed while saving keeps its previous checkpoint; the one
+before it is kept as ``checkpoint.prev.pt``. ``load_latest`` resumes from the newest one
+that can be read and moves an unreadable one aside with a warning (a truncated file from a
+full disk, say), so a bad checkpoint never fails every rerun: at worst the run restarts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from .files import move_aside, temp_path
+
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict:
@@ -65,14 +72,47 @@ def save(
         "runner": runner,
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path(path)
     try:
         torch.save(payload, tmp)
+        if path.exists():  # keep the one before: the fallback if this one is unreadable
+            os.replace(path, previous(path))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def previous(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept (``checkpoint.prev.pt``)."""
+    return Path(path).with_suffix(".prev.pt")
+
+
+def remove(path: Path) -> None:
+    """Delete a run's checkpoints (the latest and the one before)."""
+    Path(path).unlink(missing_ok=True)
+    previous(path).unlink(missing_ok=True)
+
+
+def load_latest(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict | None:
+    """Restore from ``path``, or else from the checkpoint before it; None if neither exists
+    or can be read (unreadable ones are moved aside, never deleted). Returns ``load``'s."""
+    for candidate in (Path(path), previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            payload = torch.load(candidate, map_location="cpu", weights_only=False)
+            if not isinstance(payload, dict) or not {"step", "model", "runner"} <= set(payload):
+                raise ValueError("not a checkpoint of this project")
+        except Exception as err:  # noqa: BLE001 - any unreadable file: torch, zip, pickle
+            aside = move_aside(candidate)
+            log.warning("%s cannot be read (%s: %s); moved to %s", candidate,
+                        type(err).__name__, str(err).splitlines()[0][:200], aside)  # fmt: skip
+            continue
+        if candidate != Path(path):
+            log.warning("resuming from the checkpoint before (%s)", candidate)
+        return _restore(payload, model=model, optimizer=optimizer, scheduler=scheduler)
+    return None
 
 
 def load(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict:
@@ -81,6 +121,10 @@ def load(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict:
     Call it before drawing any batch; then fast-forward the batch iterator with ``skip``.
     """
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    return _restore(payload, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def _restore(payload: dict, *, model: nn.Module, optimizer, scheduler) -> dict:
     model.load_state_dict(payload["model"])
     if hasattr(model, "reset_state"):
         carried = payload["model_carried_state"]

@@ -64,17 +64,18 @@ def train(
     """
     logger = logger or NoLogger()
     started = time.perf_counter()
-    evals = eval_steps(settings.num_steps, settings.eval_every)
+    end = settings.end  # the budget, or where a partial run (a probe) stops
+    evals = {s for s in eval_steps(settings.num_steps, settings.eval_every) if s <= end} | {end}
     monitor = Divergence(settings.divergence_factor)
 
     # 1. Resume or start.
     batches = problem.train_batches(settings.seed)
     counters = {"initial_loss": None, "elapsed_s": 0.0, "metrics_size": 0, "last_eval": {}}
     start = 0
-    if run.checkpoint_file.exists():
-        restored = checkpoint.load(
-            run.checkpoint_file, model=model, optimizer=optimizer, scheduler=scheduler
-        )
+    restored = checkpoint.load_latest(
+        run.checkpoint_file, model=model, optimizer=optimizer, scheduler=scheduler
+    )
+    if restored is not None:
         start, counters = restored["step"], restored["runner"]
         monitor.restore(counters, next(model.parameters()).device)  # the window open then
         run.truncate_metrics(counters["metrics_size"])  # drop rows written after it
@@ -89,7 +90,7 @@ def train(
     batch_variance = getattr(optimizer, "needs_batch_variance", False)
     if batch_variance:
         per_example.check_supported(model, problem.name)
-    progress = Progress(settings.progress, settings.num_steps, start, settings.log_interval_s)
+    progress = Progress(settings.progress, end, start, settings.log_interval_s)
     status, diverged_step, reason = "completed", None, None
     step = start
     while True:
@@ -102,7 +103,7 @@ def train(
             if reason:
                 status, diverged_step = "diverged", step
                 break
-        if step >= settings.num_steps:
+        if step >= end:
             break
         stopping = stop is not None and stop()
         if (_due(settings.checkpoint_every, step) or stopping) and step > start:
@@ -145,7 +146,15 @@ def train(
         step += 1
     progress.close(step)
 
-    # 3. Summary.
+    # 3. Summary. A partial run keeps a checkpoint at its end: the whole run can go on
+    # from there (``RunDir.adopt``).
+    partial = settings.stop_at is not None and status == "completed"
+    elapsed = counters["elapsed_s"] + time.perf_counter() - started
+    if partial and step > start:
+        counters.update(monitor.state(), elapsed_s=elapsed)
+        checkpoint.save(run.checkpoint_file, step=step, model=model, optimizer=optimizer,
+                        scheduler=scheduler, runner=counters)  # fmt: skip
+    stop = {} if settings.stop_at is None else {"stop_at": settings.stop_at}
     result = summary(
         status,
         step,
@@ -154,11 +163,14 @@ def train(
         reason=reason,
         initial_loss=counters["initial_loss"],
         final=counters["last_eval"],
-        train_time_s=counters["elapsed_s"] + time.perf_counter() - started,
+        train_time_s=elapsed,
+        **stop,
     )
     run.write_summary(result)
-    if not settings.keep_checkpoint:
-        run.checkpoint_file.unlink(missing_ok=True)
+    if partial:
+        checkpoint.previous(run.checkpoint_file).unlink(missing_ok=True)
+    elif not settings.keep_checkpoint:
+        checkpoint.remove(run.checkpoint_file)
     if status == "diverged":
         log.warning("%s diverged at step %d: %s", run.path, step, reason)
     return result

@@ -41,6 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..problems import Problem
 from ..problems.batching import Batch
+from . import checkpoint
 from .loop import Interrupted
 from .monitor import (
     Divergence,
@@ -83,6 +84,8 @@ def train_parallel(
     started (``RunDir.start``). On return ``models[k]`` holds member k's final parameters
     (for a diverged member: those at its divergence) and ``runs[k]`` its summary.
     """
+    if settings.stop_at is not None:
+        raise ValueError("seed-parallel groups run whole runs only (stop_at must be None)")
     if not problem.seed_parallel:
         raise ValueError(f"{problem.name} cannot train seeds in parallel (seed_parallel=False)")
     K = len(models)
@@ -106,7 +109,7 @@ def train_parallel(
     torch.manual_seed(seeds[0])  # as train() does; these CNNs draw nothing from it
     for run in runs:  # a group restarts every member from step 0 (no group checkpoint)
         run.truncate_metrics(0)
-        run.checkpoint_file.unlink(missing_ok=True)  # an older single run's, now stale
+        checkpoint.remove(run.checkpoint_file)  # an older single run's, now stale
     monitor = Divergence(settings.divergence_factor, K)
     finals = [{} for _ in range(K)]
     summaries: list[dict | None] = [None] * K

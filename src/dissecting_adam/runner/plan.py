@@ -133,6 +133,7 @@ def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: st
         keep_checkpoint=bool(t.keep_checkpoint),
         progress=str(t.progress),
         log_interval_s=float(t.log_interval_s),
+        stop_at=None if t.get("stop_at") is None else int(t.stop_at),
     )
 
 
@@ -231,7 +232,8 @@ def to_overrides(spec: RunSpec) -> list[str]:
             out.append(f"++problem.{f.name}={_value(getattr(pc, f.name))}")
     t = spec.train
     for key in ("num_steps", "eval_every", "eval_max_batches", "log_every", "divergence_factor",
-                "checkpoint_every", "keep_checkpoint", "progress", "log_interval_s"):  # fmt: skip
+                "checkpoint_every", "keep_checkpoint", "progress", "log_interval_s",
+                "stop_at"):  # fmt: skip
         out.append(f"train.{key}={_value(getattr(t, key))}")
     out += [
         f"data.root={_value(pc.data_root)}",

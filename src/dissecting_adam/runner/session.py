@@ -3,10 +3,12 @@
 ``execute_seeds(specs, parallel_seeds)`` runs RunSpecs that differ only in their seed:
 finished ones are skipped at once (``force`` reruns them), the others train K at a time
 (``parallel.train_parallel``) or one by one (``loop.train``; a group of one is an ordinary
-single run). ``Session`` owns each training session's bookkeeping for both: it starts the
-run folders (identity, resolved config), turns SIGTERM into a checkpoint and a clean stop,
-records a failure in the summary of every member that has none, and appends the session
-(start, end, wall time, status, device, host) to each member's environment record.
+single run). ``Session`` owns each training session's bookkeeping for both: it locks the
+run folders (one writer per run), starts them (identity, resolved config, the environment
+record with the session marked running, before the first step), removes what a killed
+process left (temp files), turns SIGTERM into a checkpoint and a clean stop, records a
+failure in the summary of every member that has none, and completes the session (end,
+wall time, status) in each member's environment record.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import parallel, store
+from . import checkpoint, files, parallel, store
 from .data import problem_for, resolve_device
 from .environment import environment
 from .loggers import NoLogger, WandbLogger
 from .loop import Interrupted, train
-from .spec import RunSpec
+from .spec import ConfigError, RunSpec
 from .store import RunDir
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
     """Each spec (they differ in their seed only) in groups of ``parallel_seeds``."""
     if not specs:
         return []
-    store.check_writable(Path(specs[0].results_root))
+    check_device(specs[0].device)
+    files.check_writable(Path(specs[0].results_root))
     out: dict[int, dict] = {}
     todo = []
     for i, spec in enumerate(specs):
@@ -62,6 +65,26 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
         summaries = _train_group([specs[i] for i in group])
         out.update(zip(group, summaries, strict=True))
     return [out[i] for i in range(len(specs))]
+
+
+def check_device(device: str) -> None:
+    """A ConfigError (one line, before any run folder exists) for a device not present."""
+    if not device.startswith("cuda"):
+        if device not in ("auto", "cpu") and not device.startswith(("mps", "xpu")):
+            raise ConfigError(f"device={device} is not a device; use auto, cpu, cuda or cuda:N")
+        return
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"device={device}, but this machine has no usable CUDA device (torch "
+            f"{torch.__version__}, {build}); use device=cpu or device=auto"
+        )
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={device}, but there are {torch.cuda.device_count()} CUDA device(s): "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
 
 
 def _train_group(specs: list[RunSpec]) -> list[dict]:
@@ -100,41 +123,58 @@ class Session:
         self.runs: list[RunDir] = [s.run_dir() for s in specs]
         self.logger = NoLogger()
         self.stop = lambda: False
+        self.t0 = time.perf_counter()
 
     def __enter__(self) -> Session:
-        for spec, run in zip(self.specs, self.runs, strict=True):
-            config = yaml.safe_dump(spec.to_dict(), sort_keys=False)
-            run.start(spec.identity(), config, force=spec.force)
-        self.record = {"start": _now(), "device": self.device}
-        if len(self.specs) == 1:
-            self.record["resumed"] = self.runs[0].checkpoint_file.exists()
-        else:
-            seeds = [s.seed for s in self.specs]
-            self.record.update(resumed=False, parallel_seeds=len(seeds), parallel_group=seeds)
-        self.t0 = time.perf_counter()
-        self._sigterm = _stop_on_sigterm()
-        self.stop = self._sigterm.__enter__()
+        self._stack = contextlib.ExitStack()
+        try:
+            for run in self.runs:  # one writer per run: a second copy stops here
+                self._stack.enter_context(files.RunLock(run.path))
+            self.record = {"start": _now(), "device": self.device, "status": "running"}
+            if len(self.specs) > 1:
+                seeds = [s.seed for s in self.specs]
+                self.record.update(parallel_seeds=len(seeds), parallel_group=seeds)
+            env = environment(self.device)
+            self.record.update(device_name=env.get("device_name"), host=env["host"])
+            for spec, run in zip(self.specs, self.runs, strict=True):
+                config = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+                run.start(spec.identity(), config, force=spec.force)
+                files.remove_leftovers(run.path)
+                resumed = len(self.specs) == 1 and (
+                    run.checkpoint_file.exists() or run.previous_checkpoint_file.exists()
+                )
+                run.add_session({**self.record, "resumed": resumed})
+            self.t0 = time.perf_counter()
+            self.stop = self._stack.enter_context(_stop_on_sigterm())
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, kind, err, tb) -> None:
-        self._sigterm.__exit__(None, None, None)
         status = "failed"
         if kind is None:
             status = "completed"
         elif issubclass(kind, (Interrupted, KeyboardInterrupt)):
             status = "interrupted"
-        elif issubclass(kind, Exception):
-            for run in self.runs:  # members without a record of their own failed
-                if run.summary() is None:
-                    run.write_summary({"status": "failed", "error": f"{kind.__name__}: {err}"})
-        self.record.update(end=_now(), wall_time_s=time.perf_counter() - self.t0)
-        env = environment(self.device)
-        for run in self.runs:
-            member = (run.summary() or {}).get("status")
-            own = member if member in store.FINISHED else status
-            run.add_session({**self.record, "status": own, "device_name": env.get("device_name"),
-                             "host": env["host"]})  # fmt: skip
-        self.logger.finish(self.runs[0].summary() or {"status": status})
+        try:
+            if kind is not None and issubclass(kind, Exception) and kind is not Interrupted:
+                for run in self.runs:  # members without a record of their own failed
+                    if run.summary() is None:
+                        error = f"{kind.__name__}: {err}"
+                        run.write_summary({"status": "failed", "error": error})
+            changes = {"end": _now(), "wall_time_s": time.perf_counter() - self.t0}
+            for spec, run in zip(self.specs, self.runs, strict=True):
+                member = (run.summary() or {}).get("status")
+                own = member if member in store.FINISHED else status
+                run.update_session(self.record["start"], {**changes, "status": own})
+                if own in store.FINISHED and spec.train.stop_at is None:
+                    if not spec.train.keep_checkpoint:  # a finished run needs none
+                        checkpoint.remove(run.checkpoint_file)
+                files.remove_leftovers(run.path)
+            self.logger.finish(self.runs[0].summary() or {"status": status})
+        finally:
+            self._stack.close()
 
 
 def make_logger(spec: RunSpec):

@@ -36,7 +36,8 @@ def default_eval_every(num_steps: int, points: int = 50) -> int:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a run is driven; the first six fields change the recorded result, the rest not."""
+    """How a run is driven; the first six fields and ``stop_at`` change the recorded result,
+    the others not."""
 
     num_steps: int
     eval_every: int
@@ -48,6 +49,13 @@ class TrainSettings:
     keep_checkpoint: bool = False
     progress: str = "auto"  # "auto" (a bar on a terminal, else lines), "bar", "lines", "off"
     log_interval_s: float = 60.0
+    #: Stop after this many steps, keeping the checkpoint: the first part of the run of
+    #: ``num_steps`` steps (same schedule), e.g. a step-size probe. None: the whole run.
+    stop_at: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.num_steps if self.stop_at is None else self.stop_at
 
     def __post_init__(self):
         if self.num_steps < 0 or self.eval_every < 1 or self.log_every < 1:
@@ -58,6 +66,8 @@ class TrainSettings:
             raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
         if self.eval_max_batches is not None and self.eval_max_batches < 1:
             raise ValueError(f"eval_max_batches must be >= 1 or None, got {self.eval_max_batches}")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.num_steps:
+            raise ValueError(f"stop_at must be in 1..num_steps or None, got {self.stop_at}")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
 
@@ -146,9 +156,11 @@ class RunSpec:
 
     # --- deriving -----------------------------------------------------------------------
     def derive(self, *, lr: float | None = None, seed: int | None = None,
-               num_steps: int | None = None, **changes) -> RunSpec:  # fmt: skip
+               num_steps: int | None = None, stop_at: int | None = None,
+               **changes) -> RunSpec:  # fmt: skip
         """This run with another step size, seed or step budget (schedule and evaluation
-        interval follow the budget as ``budget`` says), or other top-level fields."""
+        interval follow the budget as ``budget`` says), stopped early at ``stop_at`` (its
+        first part), or with other top-level fields."""
         spec = self
         if lr is not None:
             optimizer = dataclasses.replace(
@@ -164,6 +176,8 @@ class RunSpec:
             )
             train = dataclasses.replace(spec.train, num_steps=n, eval_every=spec.budget.interval(n))
             spec = dataclasses.replace(spec, problem_config=problem_config, train=train)
+        if stop_at is not None:
+            spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_at=stop_at))
         return dataclasses.replace(spec, **changes) if changes else spec
 
     # --- identity and record ------------------------------------------------------------
@@ -175,6 +189,8 @@ class RunSpec:
             if k not in NOT_IDENTITY
         }
         t = self.train
+        # Only a partial run records where it stops: whole runs keep their old identities.
+        stop = {} if t.stop_at is None else {"stop_at": t.stop_at}
         return {
             "profile": self.profile,
             "problem": self.problem,
@@ -190,6 +206,7 @@ class RunSpec:
                 "eval_max_batches": t.eval_max_batches,
                 "log_every": t.log_every,
                 "divergence_factor": t.divergence_factor,
+                **stop,
             },
         }
 

@@ -4,28 +4,43 @@ Layout (``root`` is ``results`` by default)::
 
     <root>/<profile>/<problem>/<optimizer>/lr=<lr>/seed=<seed>-<hash>/
         identity.json    the run's identity and its hash (written first)
-        config.yaml      the resolved Hydra config
+        config.yaml      the resolved RunSpec (every value in effect)
         environment.json git commit, versions, device, host, one entry per session
         metrics.jsonl    one JSON row per measurement, appended while training runs
-        checkpoint.pt    the latest checkpoint (removed when the run ends)
+        checkpoint.pt    the latest checkpoint, and checkpoint.prev.pt the one before
+                         (removed when the run ends)
+        .lock            held by the process training the run (``files.RunLock``)
         summary.json     written last: status (completed, diverged, failed) and final metrics
 
 ``<hash>`` is a short hash of the identity, so two configs that differ in anything but the
 readable parts (lr, seed) still never share a folder, and "skip if finished" compares the
-full identity. JSON files are written atomically (temp file + rename): a killed run never
-leaves a file that reads as complete.
+full identity. Files are written atomically (``files``): a killed run never leaves a file
+that reads as complete, and a file that cannot be read is moved aside, never deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .environment import environment
+from .files import (
+    CorruptRecord,
+    ResultsError,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    dumps,
+    loads,
+    move_aside,
+    read_json,
+)
+
+log = logging.getLogger(__name__)
 
 #: Run statuses that mean "finished": a rerun of the same config returns at once.
 FINISHED = ("completed", "diverged")
@@ -46,10 +61,6 @@ COLUMNS = [
 ]
 
 
-class ResultsError(RuntimeError):
-    """A problem with the results directory; the message says how to fix it."""
-
-
 def config_hash(identity: dict) -> str:
     """A short, stable hash of a JSON-serialisable identity (key order does not matter)."""
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -59,45 +70,6 @@ def config_hash(identity: dict) -> str:
 def format_lr(lr: float) -> str:
     """A readable, lossless-enough folder label: 0.3 -> '0.3', 3e-05 -> '3e-05'."""
     return format(float(lr), ".6g")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
-def check_writable(root: Path) -> Path:
-    """Create ``root`` if needed and prove it writable, or raise a ResultsError with the fix."""
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ResultsError(
-            f"Cannot write to the results directory {root} ({err.strerror or err}). "
-            "Fix its permissions or choose another one with results_root=<dir>. "
-            "No results were touched."
-        ) from err
-    return root
 
 
 def _same_identity(stored: dict, identity: dict) -> bool:
@@ -125,23 +97,31 @@ class RunDir:
     environment_file = property(lambda self: self.path / "environment.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
+    previous_checkpoint_file = property(lambda self: self.path / "checkpoint.prev.pt")
     summary_file = property(lambda self: self.path / "summary.json")
 
     # --- state ----------------------------------------------------------------------
     def summary(self) -> dict | None:
+        """The summary; None while there is none. A CorruptRecord if it cannot be read."""
         try:
             return read_json(self.summary_file)
         except FileNotFoundError:
             return None
 
     def is_finished(self, identity: dict) -> bool:
-        """A summary with a finished status, written by a run of exactly this identity."""
-        summary = self.summary()
-        if summary is None or summary.get("status") not in FINISHED:
-            return False
+        """A summary with a finished status, written by a run of exactly this identity.
+
+        An unreadable record is not finished (the run is redone after it is moved aside).
+        """
         try:
+            summary = self.summary()
+            if summary is None or summary.get("status") not in FINISHED:
+                return False
             stored = read_json(self.identity_file)
         except FileNotFoundError:
+            return False
+        except CorruptRecord as err:
+            log.warning("%s; the run will be redone (the file is kept aside)", err)
             return False
         return _same_identity(stored, identity)
 
@@ -150,18 +130,31 @@ class RunDir:
         """Create the folder and record the identity and config; ``force`` restarts it.
 
         A different identity already in the folder (a hash collision) is an error, never
-        overwritten.
+        overwritten. Unreadable records are moved aside (``<name>.corrupt-<time>``): an
+        unreadable identity takes the whole folder with it, since nothing in it can be
+        trusted to belong to this run.
         """
+        if self.path.exists() and self.identity_file.exists():
+            try:
+                stored = read_json(self.identity_file)
+            except CorruptRecord as err:
+                log.warning("%s; moved the run folder to %s", err, move_aside(self.path))
+            else:
+                if not _same_identity(stored, identity):
+                    raise ResultsError(
+                        f"{self.path} holds a run of a different config (hash collision): "
+                        "move that folder away, then rerun."
+                    )
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.identity_file.exists():
-            stored = read_json(self.identity_file)
-            if not _same_identity(stored, identity):
-                raise ResultsError(
-                    f"{self.path} holds a run of a different config (hash collision): "
-                    "move that folder away, then rerun."
-                )
+        for f in (self.summary_file, self.environment_file):
+            try:
+                read_json(f)
+            except FileNotFoundError:
+                pass
+            except CorruptRecord as err:
+                log.warning("%s; moved to %s", err, move_aside(f))
         if force:
-            for f in (self.summary_file, self.metrics_file, self.checkpoint_file):
+            for f in (self.metrics_file, self.checkpoint_file, self.previous_checkpoint_file):
                 f.unlink(missing_ok=True)
         self.summary_file.unlink(missing_ok=True)  # a restarted run is not finished
         atomic_write_json(self.identity_file, {**identity, "config_hash": config_hash(identity)})
@@ -171,7 +164,7 @@ class RunDir:
         """Append rows to metrics.jsonl (flushed); return the file's size afterwards."""
         with open(self.metrics_file, "a") as f:
             for row in rows:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(dumps(row, sort_keys=True) + "\n")
             f.flush()
             return f.tell()
 
@@ -183,25 +176,64 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary_file, summary)
 
-    def add_session(self, session: dict) -> None:
-        """Record one training session (start, end, wall time, host) in environment.json."""
+    def _environment(self) -> dict:
         try:
             env = read_json(self.environment_file)
         except FileNotFoundError:
             env = {"sessions": []}
+        except CorruptRecord as err:
+            log.warning("%s; moved to %s", err, move_aside(self.environment_file))
+            env = {"sessions": []}
         if "environment" not in env:
             env["environment"] = environment()
+        return env
+
+    def add_session(self, session: dict) -> None:
+        """Record one training session (start, end, wall time, host) in environment.json."""
+        env = self._environment()
         env["sessions"].append(session)
         atomic_write_json(self.environment_file, env)
+
+    def update_session(self, start: str, changes: dict) -> None:
+        """Complete the session that began at ``start`` (recorded as running until then)."""
+        env = self._environment()
+        for session in reversed(env["sessions"]):
+            if session.get("start") == start and session.get("status") == "running":
+                session.update(changes)
+                break
+        else:
+            env["sessions"].append(changes)
+        atomic_write_json(self.environment_file, env)
+
+    def adopt(self, prefix: RunDir) -> bool:
+        """Start this run from ``prefix``, a finished first part of it (a step-size probe:
+        the same run stopped early, which kept its checkpoint): copy its metrics and final
+        checkpoint here, so that training resumes where it stopped. Only into a run that
+        has not started; returns whether it did."""
+        started = self.metrics_file.exists() and self.metrics_file.stat().st_size > 0
+        if started or self.checkpoint_file.exists() or self.summary_file.exists():
+            return False
+        try:
+            summary = prefix.summary()
+        except CorruptRecord:
+            return False
+        if not prefix.checkpoint_file.exists() or summary is None:
+            return False
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.metrics_file, prefix.metrics_file.read_text())
+        atomic_write(self.checkpoint_file, lambda tmp: shutil.copyfile(prefix.checkpoint_file, tmp))
+        steps = summary.get("steps_done")
+        self.add_session({"adopted_from": str(prefix.path), "steps": steps, "status": "adopted"})
+        return True
 
     def read_metrics(self) -> list[dict]:
         """Every complete row of metrics.jsonl (a torn last line of a killed run is dropped)."""
         if not self.metrics_file.exists():
             return []
         rows = []
-        for line in self.metrics_file.read_text().splitlines():
+        for line in self.metrics_file.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                rows.append(loads(line))
             except json.JSONDecodeError:
                 break
         return rows
@@ -218,14 +250,24 @@ def collect(root: Path):
 
     Columns: COLUMNS plus ``data_loss`` (evaluations), ``diverged_step`` and
     ``data_variant`` (``real``, or ``synthetic`` for generated stand-ins). Runs without a
-    summary (running or killed) have status ``incomplete``.
+    summary (running or killed) have status ``incomplete``. A run whose records cannot be
+    read is left out with a warning naming the file; ``table.attrs["skipped"]`` lists them
+    as (path, reason).
     """
     import pandas as pd
 
-    frames = []
+    frames, skipped = [], []
     for run in run_dirs(root):
-        identity = read_json(run.identity_file)
-        summary = run.summary() or {}
+        try:
+            identity = read_json(run.identity_file)
+            summary = run.summary() or {}
+            identity["optimizer_kwargs"]["lr"], identity["config_hash"]  # noqa: B018
+        except (CorruptRecord, KeyError, TypeError) as err:
+            reason = err.reason if isinstance(err, CorruptRecord) else f"missing key {err}"
+            path = err.path if isinstance(err, CorruptRecord) else run.identity_file
+            log.warning("skipped %s: %s", path, reason)
+            skipped.append((str(path), reason))
+            continue
         rows = run.read_metrics()
         if not rows:
             continue
@@ -242,29 +284,31 @@ def collect(root: Path):
         df["data_variant"] = identity.get("data_variant", "real")
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant"])
-    table = pd.concat(frames, ignore_index=True)
-    for col in ("accuracy", "data_loss", "diverged_step"):
-        if col not in table:
-            table[col] = None
-    rest = [c for c in table.columns if c not in COLUMNS]
-    table = table[[*COLUMNS, *rest]]
-    return table.sort_values(["profile", "problem", "optimizer", "lr", "seed", "step", "split"])
+        table = pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant"])
+    else:
+        table = pd.concat(frames, ignore_index=True)
+        for col in ("accuracy", "data_loss", "diverged_step"):
+            if col not in table:
+                table[col] = None
+        rest = [c for c in table.columns if c not in COLUMNS]
+        table = table[[*COLUMNS, *rest]]
+        sort = ["profile", "problem", "optimizer", "lr", "seed", "step", "split"]
+        table = table.sort_values(sort)
+    table.attrs["skipped"] = skipped
+    return table
 
 
 def write_table(table, path: Path) -> Path:
     """Write ``table`` atomically as parquet (``.parquet``) or CSV (any other suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    table = table.copy()
+    table.attrs = {}  # parquet metadata holds only JSON-able attributes
+
+    def write(tmp: Path) -> None:
         if path.suffix == ".parquet":
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
