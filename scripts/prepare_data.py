@@ -5,8 +5,13 @@
     python scripts/prepare_data.py problem=cifar10_3c3d              # one problem
     DATA_MIRROR=../shared/data python scripts/prepare_data.py problems=fmnist_2c2d
 
-Settings live in conf/prepare_data.yaml. Exits with status 1 and the data error's message
-(which says how to fix it) when a data set is missing or corrupt.
+Settings live in conf/prepare_data.yaml. Every download is md5-verified, every extracted
+file is checked against ``MANIFEST.json`` in its folder (damaged ones are regenerated from the
+verified download, with a warning), and "ready" prints the data's fingerprint. Exits with
+status 1 and the data error's message (which says how to fix it) when a data set is missing,
+corrupt or cannot be downloaded. Downloads time out after $DISSECTING_ADAM_DOWNLOAD_TIMEOUT
+seconds (default 30) per connection and read, and are tried
+$DISSECTING_ADAM_DOWNLOAD_ATTEMPTS times (default 3).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ def main(cfg: DictConfig) -> None:
         try:
             problem = load(name, data_root=cfg.data.root, mirror=cfg.data.mirror)
             problem.prepare()
+            fingerprint = problem.data_fingerprint()
         except (DataError, ValueError) as err:
             print(f"{name}: FAILED\n{err}", file=sys.stderr)
             sys.exit(1)
-        print(f"{name}: ready in {cfg.data.root} ({time.perf_counter() - start:.1f} s)")
+        elapsed = time.perf_counter() - start
+        print(f"{name}: ready in {cfg.data.root} (data {fingerprint}, {elapsed:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ def build(cfg: DictConfig) -> driver.Reproduction:
         f"data.root={cfg.data.root}",
         "train.progress=lines",
         *([f"data.mirror={cfg.data.mirror}"] if cfg.data.mirror else []),
+        *logger_overrides(cfg.logger),
         *cfg.overrides,
     ]
     base = {}
@@ -96,7 +97,11 @@ def build(cfg: DictConfig) -> driver.Reproduction:
     if cfg.launcher == "basic":
         launch = InProcess(int(cfg.parallel_seeds))
     else:
-        launch = HydraMultirun(str(cfg.launcher), (sys.executable, str(TRAIN)))
+        launch = HydraMultirun(
+            str(cfg.launcher),
+            (sys.executable, str(TRAIN)),
+            tuple(str(o) for o in cfg.get("launcher_overrides") or ()),
+        )
     try:
         checks = claims.claims_from_dict(OmegaConf.to_container(cfg.claims, resolve=True))
     except ValueError as err:
@@ -104,6 +109,24 @@ def build(cfg: DictConfig) -> driver.Reproduction:
     return driver.Reproduction(
         base, search, launch, Path(cfg.out_dir), str(cfg.profile.name), claims=checks
     )
+
+
+def logger_overrides(node: DictConfig) -> list[str]:
+    """The reproduction's logger settings, for every run it starts."""
+    out = [f"logger={node.name}"]
+    for key, value in node.items():
+        if key != "name":
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            out.append(f"logger.{key}={_override_value(value)}")
+    return out
+
+
+def _override_value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, list):
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
+    return f"'{v}'" if isinstance(v, str) else str(v)
 
 
 def header(r: driver.Reproduction) -> str:
@@ -120,6 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Path] | None:
     t0 = time.perf_counter()
     r = build(cfg)
     print(header(r), flush=True)
+    print(driver.plan_line(r), flush=True)
     if cfg.dry_run:
         print(driver.dry_run(r))
         print(f"(planned in {time.perf_counter() - t0:.2f} s)")

@@ -45,9 +45,24 @@ def main(cfg: DictConfig) -> list[dict]:
         log.warning("interrupted; rerun the same command to resume from the last checkpoint")
         sys.exit(130)
     for summary in summaries:
-        word = "already " + summary["status"] if summary["skipped"] else summary["status"]
-        log.info("%s: %s", summary["run_dir"], word)
+        log.info("%s", describe(summary))
     return summaries
+
+
+def describe(summary: dict) -> str:
+    """One line: how the run ended, its final metrics, its wall time and its record."""
+    word = ("already " if summary["skipped"] else "") + summary["status"]
+    final = summary.get("final") or {}
+    parts = [word]
+    if summary.get("diverged_step") is not None:
+        parts.append(f"at step {summary['diverged_step']}")
+    if final.get("test_accuracy") is not None:
+        parts.append(f"final test accuracy {final['test_accuracy']:.4f}")
+    if final.get("train_eval_loss") is not None:
+        parts.append(f"training loss {final['train_eval_loss']:.4f}")
+    if summary.get("train_time_s") is not None:
+        parts.append(f"{summary.get('steps_done', 0)} steps in {summary['train_time_s']:.1f} s")
+    return ", ".join(parts) + f" -> {summary['run_dir']}"
 
 
 if __name__ == "__main__":

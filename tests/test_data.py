@@ -20,11 +20,11 @@ import torch
 from torchvision.datasets.utils import calculate_md5
 
 from dissecting_adam import problems
-from dissecting_adam.problems.datasets import images, synthetic, tolstoi
+from dissecting_adam.problems.datasets import images, integrity, synthetic, tolstoi
 from dissecting_adam.problems.datasets.integrity import (
     MIRROR_ENV,
     ChecksumError,
-    DataError,
+    DataWarning,
     MissingDataError,
 )
 
@@ -97,13 +97,15 @@ def test_damaged_extracted_cifar_is_rebuilt_from_the_verified_archive(tmp_path):
     assert len(data.train_labels) == 30
 
 
-def test_damaged_extracted_fmnist_gives_a_clear_error(tmp_path):
+def test_damaged_extracted_fmnist_is_rebuilt_from_the_verified_archives(tmp_path):
     source = write("fashion-mnist", tmp_path / "mirror")
     images.load_images(source, tmp_path / "data", tmp_path / "mirror")
     raw = tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
-    raw.write_bytes(raw.read_bytes()[:1000])
-    with pytest.raises(DataError, match="Delete the extracted files"):
-        images.load_images(source, tmp_path / "data")
+    good = raw.read_bytes()
+    raw.write_bytes(good[:1000])
+    with pytest.warns(DataWarning, match="train-images-idx3-ubyte does not match"):
+        data = images.load_images(source, tmp_path / "data")
+    assert raw.read_bytes() == good and len(data.train_labels) == 30
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def test_no_network_and_no_mirror_explains_staging_images(
     def offline(*args, **kwargs):
         raise URLError("no network")
 
-    monkeypatch.setattr(f"torchvision.datasets.{module}.download_and_extract_archive", offline)
+    monkeypatch.setattr(integrity, "_fetch_once", offline)
     with pytest.raises(MissingDataError) as err:
         problems.load(name, data_root=str(tmp_path)).prepare()
     msg = str(err.value)

@@ -198,7 +198,6 @@ def test_runner_stores_each_seed_as_a_single_run_and_skips_finished_ones(tmp_pat
         (["problem=cifar100_wrn404", "parallel_seeds=2"], "fmnist_2c2d, cifar10_3c3d"),
         (["parallel_seeds=0"], "parallel_seeds must be an integer >= 1"),
         (["seeds=3"], "seeds must be a list of integers"),
-        (["parallel_seeds=2", "logger=wandb"], "does not support logger=wandb"),
     ],
 )
 def test_unsupported_settings_are_refused_before_any_work(tmp_path, overrides, message):

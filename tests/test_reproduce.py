@@ -71,6 +71,7 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert paths["fig5"].exists()
     selection = json.loads((out / "selection.json").read_text())
+    assert selection.pop("note").startswith("Generated stand-in data")
     assert set(selection) == {"tolstoi_char_rnn/msgd", "tolstoi_char_rnn/adam"}
     for sel in selection.values():  # the cap: one grid point above the start (0.1, 0.01)
         assert sel["cap_reached"] == (sel["largest_stable"] in (1.0, 0.1))
@@ -78,6 +79,10 @@ def test_smoke_reproduction_writes_everything_and_resumes(tmp_path, capsys):
             "stable", "diverged", "no progress"}  # fmt: skip
     printed = capsys.readouterr().out
     assert "pairs" in printed and "total: ~" in printed  # the run count and estimate
+    lines = printed.splitlines()  # the plan first, before the estimate; then the progress
+    assert lines[1].startswith("Plan: 0 search run(s) and 0 replicate(s) in the store")
+    assert printed.index("Plan:") < printed.index("total: ~") < printed.index("search round 1:")
+    assert "replicates: 4 run(s)" in printed and "ETA for the whole reproduction ~" in printed
     # Every replicate seed of each selection is in the summary.
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 and all(",2,0,0," in row for row in summary[1:])
@@ -140,6 +145,7 @@ def test_runs_derived_from_a_base_spec_are_the_runs_a_config_would_plan(tmp_path
             "problem=tolstoi_char_rnn", "optimizer=adam", "profile=smoke", "device=cpu",
             f"results_root={tmp_path}", "train.progress=lines", "data.variant=synthetic",
             "train.checkpoint_every=null", "train.num_steps=3", "optimizer.lr=0.003", "seed=100",
+            "role=probe",
         ])  # fmt: skip
     assert probe == plan(cfg)
 

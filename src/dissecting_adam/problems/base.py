@@ -145,6 +145,11 @@ class Problem(ABC):
             self._data = self.load_data().to(self.device)
         return self._data
 
+    def data_fingerprint(self) -> str | None:
+        """A short hash of the data this problem reads (None: not known). Problems whose
+        data sets verify their files (all four) override it."""
+        return None
+
     def prepare(self) -> None:
         """Download or stage, verify and preprocess the data (what ``prepare_data`` runs)."""
         self.load_data()

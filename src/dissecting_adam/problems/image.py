@@ -1,7 +1,7 @@
 """The three image-classification problems: fmnist_2c2d, cifar10_3c3d, cifar100_wrn404.
 
-Defaults from docs/problems.md (paper §6.1 and DeepOBS); values marked [S?] there come from the paper's supplement as
-recalled and are config values for that reason (see docs/problems.md).
+Defaults: docs/problems.md (paper §6.1 and DeepOBS's code); values marked [S?] there come
+from the paper's supplement as recalled and are config values for that reason.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from torch import nn
 from . import augment
 from .base import Problem, ProblemConfig
 from .batching import Batch, epoch_indices
-from .datasets.images import CIFAR10, CIFAR100, FASHION_MNIST, ImageData, load_images
+from .datasets.images import (
+    CIFAR10,
+    CIFAR100,
+    FASHION_MNIST,
+    ImageData,
+    load_images,
+    prepare_images,
+)
 from .models.cnn import ThreeC3D, TwoC2D
 from .models.wrn import WideResNet
 
@@ -27,7 +34,22 @@ class ImageProblem(Problem):
     """Images resident on the device as uint8; batches by indexing; floats made per batch."""
 
     def load_data(self) -> ImageData:
-        return load_images(self.source, self.config.data_root, self.config.mirror)
+        data = load_images(self.source, self.config.data_root, self.config.mirror)
+        self._data_fingerprint = data.fingerprint
+        return data
+
+    def data_fingerprint(self) -> str:
+        """16 hex digits identifying the data: a hash of its verified files' manifest.
+
+        That of the data this problem loaded, if it did; else the data is prepared and
+        verified (not loaded) and the current files' fingerprint returned.
+        """
+        if getattr(self, "_data_fingerprint", None) is None:
+            cfg = self.config
+            self._data_fingerprint = prepare_images(
+                self.source, cfg.data_root, cfg.mirror
+            ).fingerprint
+        return self._data_fingerprint
 
     def train_eval_indices(self) -> torch.Tensor:
         """A fixed subset of the training set as large as the test set (capped at its size)."""

@@ -19,7 +19,7 @@ from torch import nn
 from .base import Problem, ProblemConfig
 from .batching import Batch, stream_batches, stream_view
 from .datasets.integrity import DataError
-from .datasets.tolstoi import TextData, TextSource, load_tolstoi
+from .datasets.tolstoi import TextData, TextSource, load_tolstoi, tolstoi_manifest
 from .models.char_rnn import CharRNN
 
 
@@ -30,9 +30,12 @@ class TolstoiData:
     train: torch.Tensor
     test: torch.Tensor
     vocab: tuple[str, ...]
+    fingerprint: str = ""
 
     def to(self, device) -> TolstoiData:
-        return TolstoiData(self.train.to(device), self.test.to(device), self.vocab)
+        return TolstoiData(
+            self.train.to(device), self.test.to(device), self.vocab, self.fingerprint
+        )
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,18 @@ class TolstoiCharRNN(Problem):
                 f"The text has {len(text.vocab)} distinct characters, more than the model's "
                 f"vocab_size={self.config.vocab_size}: is it the right file?"
             )
-        return TolstoiData(text.train, text.test, text.vocab)
+        self._data_fingerprint = text.fingerprint
+        return TolstoiData(text.train, text.test, text.vocab, text.fingerprint)
+
+    def data_fingerprint(self) -> str:
+        """16 hex digits identifying the data: a hash of the verified text's manifest (its
+        sha256 and the preprocessing settings). That of the data this problem loaded, if it
+        did; else the text is prepared and verified (not preprocessed)."""
+        if getattr(self, "_data_fingerprint", None) is None:
+            cfg = self.config
+            manifest = tolstoi_manifest(cfg.data_root, cfg.mirror, self.source)
+            self._data_fingerprint = manifest.fingerprint
+        return self._data_fingerprint
 
     def make_model(self) -> nn.Module:
         return CharRNN(self.config.vocab_size, 128, self.config.keep_prob)

@@ -30,6 +30,7 @@ from pathlib import Path
 from .. import methods
 from ..runner.spec import RunSpec
 from . import outputs
+from .progress import Tracker
 from .search import METRICS, Outcome, SearchSettings
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,13 @@ class Reproduction:
         ``probe_fraction`` >= 1)."""
         base = self.base[pair]
         stop = self.search.probe_steps(base.num_steps, base.train.eval_every)
-        return base.derive(lr=lr, seed=self.search.search_seed, stop_at=stop)
+        return base.derive(lr=lr, seed=self.search.search_seed, stop_at=stop, role="probe")
 
     def search_run(self, pair: Pair, lr: float) -> RunSpec:
-        return self.base[pair].derive(lr=lr, seed=self.search.search_seed)
+        return self.base[pair].derive(lr=lr, seed=self.search.search_seed, role="search")
 
     def replicate(self, pair: Pair, lr: float, seed: int) -> RunSpec:
-        return self.base[pair].derive(lr=lr, seed=seed)
+        return self.base[pair].derive(lr=lr, seed=seed, role="replicate")
 
 
 # --- the store ------------------------------------------------------------------------
@@ -158,16 +159,18 @@ def selections(r: Reproduction, states: dict[Pair, PairState]) -> dict:
     return out
 
 
-def run_search(r: Reproduction) -> dict:
+def run_search(r: Reproduction, tracker: Tracker | None = None) -> dict:
     """The search for every pair, in rounds; returns their selections."""
+    tracker = tracker or Tracker(r, log.info)
     states = {pair: PairState() for pair in r.pairs}
+    rounds = 0
     while batch := search_round(r, states):
-        log.info("search round: %d run(s)", len(batch))
-        launch(r, batch)
+        rounds += 1
+        launch(r, batch, tracker.phase(f"search round {rounds}", batch, states))
     return selections(r, states)
 
 
-def launch(r: Reproduction, specs: Sequence[RunSpec]) -> None:
+def launch(r: Reproduction, specs: Sequence[RunSpec], on_done=None) -> None:
     """Hand ``specs`` to the launcher; a whole run whose probe is stored (same lr and seed,
     stopped early, stable) starts from the probe's checkpoint instead of from scratch."""
     for spec in specs:
@@ -178,7 +181,7 @@ def launch(r: Reproduction, specs: Sequence[RunSpec]) -> None:
         out = outcome_of(probe, r.search) if probe.train.stop_at is not None else None
         if out is not None and out.stable and spec.run_dir().adopt(probe.run_dir()):
             log.info("%s starts from its probe's checkpoint", spec.run_dir().path)
-    r.launch(specs)
+    r.launch(specs, on_done)
 
 
 def replicates(r: Reproduction, chosen: dict) -> list[RunSpec]:
@@ -208,12 +211,13 @@ def warn_edges(r: Reproduction, chosen: dict) -> None:
 # --- the whole reproduction -----------------------------------------------------------
 def reproduce(r: Reproduction) -> dict[str, Path]:
     t0 = time.perf_counter()
-    chosen = run_search(r)
+    tracker = Tracker(r, lambda line: print(line, flush=True))
+    chosen = run_search(r, tracker)
     warn_edges(r, chosen)
     todo = [spec for spec in replicates(r, chosen) if finished_summary(spec) is None]
     if todo:
-        log.info("replicates: %d run(s)", len(todo))
-        launch(r, todo)
+        states = {pair: st for pair, (_, st) in chosen.items()}
+        launch(r, todo, tracker.phase("replicates", todo, states))
     paths = outputs.write(r, chosen)
     print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min. Outputs:")
     for path in sorted(r.out_dir.iterdir()):
@@ -221,13 +225,32 @@ def reproduce(r: Reproduction) -> dict[str, Path]:
     return paths
 
 
-def dry_run(r: Reproduction) -> str:
-    """The plan as text: per pair, what the store holds and what would run next."""
+def plan(r: Reproduction) -> tuple[dict, list[RunSpec], dict, list[RunSpec], list[RunSpec]]:
+    """What the store holds and what would run next: (states, next batch, selections,
+    replicates, replicates still to run). Reads the store only."""
     states = {pair: PairState() for pair in r.pairs}
     batch = search_round(r, states)
     chosen = selections(r, states)
     reps = replicates(r, chosen)
-    rep_todo = [s for s in reps if finished_summary(s) is None]
+    return states, batch, chosen, reps, [s for s in reps if finished_summary(s) is None]
+
+
+def plan_line(r: Reproduction) -> str:
+    """The plan in one line (printed first, within seconds, by every reproduction)."""
+    states, batch, chosen, reps, rep_todo = plan(r)
+    stored = sum(len(st.probes) + len(st.outcomes) for st in states.values())
+    searching = sum(1 for pair in r.pairs if chosen[pair][0] is None)
+    return (
+        f"Plan: {stored} search run(s) and {len(reps) - len(rep_todo)} replicate(s) in the "
+        f"store; next: {len(batch)} search run(s), {len(rep_todo)} replicate(s) to run (+ "
+        f"{searching * len(r.search.replicate_seeds)} after the {searching} search(es) still "
+        "open)."
+    )
+
+
+def dry_run(r: Reproduction) -> str:
+    """The plan as text: per pair, what the store holds and what would run next."""
+    states, batch, chosen, reps, rep_todo = plan(r)
     nxt = {}
     for spec in batch:
         nxt.setdefault((spec.problem, spec.optimizer.name), []).append(spec)

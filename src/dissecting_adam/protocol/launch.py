@@ -1,8 +1,9 @@
 """Where a batch of runs is executed: in this process, or by a Hydra multirun launcher.
 
-A launcher is a callable ``launch(specs)`` that returns when every run of the batch has
-finished (or failed); the driver then reads the outcomes from the results store, so the
-two back ends are interchangeable.
+A launcher is a callable ``launch(specs, on_done=None)`` that returns when every run of the
+batch has finished (or failed), calling ``on_done(n)`` as each part of n runs ends; the
+driver then reads the outcomes from the results store, so the back ends are
+interchangeable.
 
 - ``InProcess``: the runner's ``execute_seeds`` here; the seeds of one configuration train
   ``parallel_seeds`` at a time where the problem and method allow it.
@@ -41,20 +42,30 @@ def _config(spec: RunSpec) -> tuple:
 class InProcess:
     parallel_seeds: int = 1
 
-    def __call__(self, specs: Sequence[RunSpec]) -> None:
+    def __call__(self, specs: Sequence[RunSpec], on_done=None) -> None:
         k = self.parallel_seeds
         for group in _groups(specs, _config):
             parallel = k > 1 and len(group) > 1 and can_run(group[0], k)
-            execute_seeds(group, k if parallel else 1)
+            if parallel:
+                execute_seeds(group, k)
+                if on_done:
+                    on_done(len(group))
+                continue
+            for spec in group:
+                execute_seeds([spec])
+                if on_done:
+                    on_done(1)
 
 
 @dataclass(frozen=True)
 class HydraMultirun:
     """``train_command`` is how to start ``scripts/train.py`` (``[python, path]``), given by
-    the calling script: nothing is located relative to the installed package."""
+    the calling script: nothing is located relative to the installed package.
+    ``launcher_overrides`` are appended to every command (``hydra.launcher.partition=gpu``)."""
 
     launcher: str
     train_command: tuple[str, ...]
+    launcher_overrides: tuple[str, ...] = ()
 
     def commands(self, specs: Sequence[RunSpec]) -> list[list[str]]:
         out = []
@@ -76,10 +87,14 @@ class HydraMultirun:
                     *self.train_command, "-m", f"hydra/launcher={self.launcher}", *base,
                     "optimizer.lr=" + ",".join(repr(lr) for lr in sweep_lrs),
                     "seed=" + ",".join(str(s) for s in sweep_seeds),
+                    *self.launcher_overrides,
                 ])  # fmt: skip
         return out
 
-    def __call__(self, specs: Sequence[RunSpec]) -> None:
+    def __call__(self, specs: Sequence[RunSpec], on_done=None) -> None:
         for cmd in self.commands(specs):
             log.info("launching %s", " ".join(cmd[2:]))
             subprocess.run(cmd, check=True)
+            if on_done:
+                sweep = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in cmd[2:] if "=" in o}
+                on_done(len(sweep["optimizer.lr"].split(",")) * len(sweep["seed"].split(",")))

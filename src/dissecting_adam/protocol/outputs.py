@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import methods
-from ..runner import store
+from ..runner import loggers, store
 from . import aggregate, claims, plots
 
 
@@ -21,6 +21,16 @@ def write(r, chosen: dict) -> dict[str, Path]:
     table = store.collect(Path(r.base[r.pairs[0]].results_root) / r.profile)
     problems = list(dict.fromkeys(p for p, _ in chosen))
     paths = {}
+    picked = {pair: sel.lr for pair, (sel, _) in chosen.items() if sel is not None}
+    hashes = {
+        store.config_hash(r.replicate(pair, lr, seed).identity())
+        for pair, lr in picked.items()
+        for seed in r.search.replicate_seeds
+    }
+    reps = table[table["config_hash"].isin(hashes)]
+    note = notes(r, reps)  # what a reader must know first: not the paper's protocol, ...
+    banner = "".join(f"**{line}**\n\n" for line in note)
+    title = " ".join(note)
 
     # Search tables and sensitivity plots: every full-budget search run.
     rows = [
@@ -38,24 +48,16 @@ def write(r, chosen: dict) -> dict[str, Path]:
     search_df = pd.DataFrame(rows)
     if len(search_df):
         search_df.to_csv(out / "search.csv", index=False)
-        (out / "search.md").write_text(aggregate.to_markdown(search_df))
+        (out / "search.md").write_text(banner + aggregate.to_markdown(search_df))
         metric = r.search.metric
         for problem in problems:
             sens = search_df.rename(columns={"metric": metric})
             paths[f"sensitivity_{problem}"] = plots.sensitivity(
-                sens, problem, metric, out / f"sensitivity_{problem}"
+                sens, problem, metric, out / f"sensitivity_{problem}", note=title
             )[0]
 
     # Replicates of the selected step sizes: exactly their runs, by identity hash.
-    picked = {pair: sel.lr for pair, (sel, _) in chosen.items() if sel is not None}
-    hashes = {
-        store.config_hash(r.replicate(pair, lr, seed).identity())
-        for pair, lr in picked.items()
-        for seed in r.search.replicate_seeds
-    }
-    reps = table[table["config_hash"].isin(hashes)]
     summary = aggregate.summary(reps) if len(reps) else pd.DataFrame()
-    banner = claims.data_banner(reps) if len(reps) else ""
     if len(reps):  # the table scripts/claims.py recomputes the claims from
         paths["replicates"] = store.write_table(reps, out / "replicates.parquet")
     if len(summary):
@@ -63,11 +65,12 @@ def write(r, chosen: dict) -> dict[str, Path]:
         (out / "summary.md").write_text(banner + aggregate.to_markdown(summary))
         curves = aggregate.curves(reps)
         curves.to_csv(out / "curves.csv", index=False)
-        paths["fig5"] = plots.fig5(curves, picked, problems, out / "fig5")[0]
+        paths["fig5"] = plots.fig5(curves, picked, problems, out / "fig5", note=title)[0]
         if r.claims is not None:
             claim_list, settings = r.claims
             paths.update(claims.write(reps, out, claim_list, settings, summary, banner))
-    selection = {
+    selection = {"note": title} if title else {}
+    selection |= {
         f"{p}/{o}": None
         if sel is None
         else {
@@ -83,7 +86,45 @@ def write(r, chosen: dict) -> dict[str, Path]:
         for (p, o), (sel, st) in chosen.items()
     }
     (out / "selection.json").write_text(json.dumps(selection, indent=2))
+    lg = r.base[r.pairs[0]].logger
+    if lg.name == "wandb":
+        tables = {"summary": summary, "search": search_df}
+        if (out / "claims.csv").exists():
+            tables["claims"] = pd.read_csv(out / "claims.csv")
+        tables["selection"] = pd.DataFrame(
+            [{"pair": k, **(v or {})} for k, v in selection.items() if k != "note"]
+        ).drop(columns=["probes", "tie_with"], errors="ignore")
+        loggers.log_reproduction(
+            project=lg.project, entity=lg.entity, mode=lg.mode, dir=lg.dir,
+            name=f"fig5/{r.profile}",
+            config={"profile": r.profile, "search": r.search.name, "note": title,
+                    "selected_lr": {f"{p}/{o}": lr for (p, o), lr in picked.items()}},
+            images={k: Path(v).with_suffix(".png") for k, v in paths.items()
+                    if k == "fig5" or k.startswith("sensitivity_")},
+            tables=tables,
+        )  # fmt: skip
     return paths
+
+
+def notes(r, reps: pd.DataFrame) -> list[str]:
+    """What every output of this reproduction must say at its top (nothing for the paper's
+    protocol on real data)."""
+    out = []
+    if len(reps) and (reps["data_variant"].astype(str) != "real").any():
+        out.append("Generated stand-in data (data.variant=synthetic): a check of the pipeline, "
+                   "not results about the optimizers.")  # fmt: skip
+    if r.profile == "smoke":
+        out.append("smoke profile: pipeline check, not results.")
+    elif r.profile != "paper":
+        budgets = ", ".join(
+            f"{p} {spec.num_steps:,} of {spec.budget.reference_steps:,} steps "
+            f"({spec.num_steps / spec.budget.reference_steps:.1%})"
+            for p, spec in {spec.problem: spec for spec in r.base.values()}.items()
+        )
+        seeds = len(r.search.replicate_seeds)
+        out.append(f"{r.profile} profile: a fraction of the paper's budget ({budgets}), "
+                   f"{seeds} seeds (paper: 10); indicative only.")  # fmt: skip
+    return out
 
 
 def _probe_word(outcome) -> str:

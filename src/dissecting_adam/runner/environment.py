@@ -59,6 +59,11 @@ def environment(device: str | None = None) -> dict:
             env[package.replace("-", "_")] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
+    # Which scheduler job ran it (SLURM; submitit's array jobs set both).
+    slurm = {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID",
+             "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST") if k in os.environ}  # fmt: skip
+    if slurm:
+        env["slurm"] = slurm
     if device is not None:
         env["device"] = str(device)
         if str(device).startswith("cuda") and torch.cuda.is_available():

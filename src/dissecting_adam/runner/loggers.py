@@ -30,11 +30,13 @@ class NoLogger:
 
 
 class WandbLogger:
-    """``logger=wandb``: one wandb run per training session, offline unless asked otherwise.
+    """``logger=wandb``: one wandb run per run of the store, offline unless asked otherwise.
 
-    ``group`` is ``<problem>/<optimizer>/lr=<lr>`` and ``name`` carries the seed, so the
-    wandb UI groups the seeds of one configuration. Offline runs are uploaded later with
-    ``wandb sync <dir>/wandb/offline-run-*``.
+    ``id`` derives from the run's identity, and ``resume="allow"``: a killed and resumed run
+    continues the same wandb run. ``group`` is ``<problem>/<optimizer>/lr=<lr>`` and
+    ``name`` carries the seed, so the wandb UI groups the seeds of one configuration; tags
+    and config carry profile, problem, optimizer, lr, seed and the run's role in the
+    protocol. Offline runs are uploaded later with ``wandb sync <dir>/wandb/offline-run-*``.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class WandbLogger:
         job_type: str = "train",
         tags: list[str] | None = None,
         dir: str | None = None,
+        id: str | None = None,
     ):
         self.run = None
         try:
@@ -64,7 +67,9 @@ class WandbLogger:
                 config=config,
                 mode=mode,
                 dir=dir,
-                reinit="finish_previous",
+                id=id,
+                resume="allow",
+                reinit="create_new",  # the members of a seed-parallel group run side by side
             )
         except Exception as err:  # noqa: BLE001 - a logger must never stop training
             log.warning("wandb disabled for this run: could not start it (%s)", err)
@@ -82,10 +87,29 @@ class WandbLogger:
         if self.run is None:
             return
         try:
-            for key in ("status", "diverged_step", "steps_done"):
+            for key in ("status", "diverged_step", "steps_done", "train_time_s"):
                 if summary.get(key) is not None:
                     self.run.summary[key] = summary[key]
+            for key, value in (summary.get("final") or {}).items():
+                self.run.summary[f"final/{key}"] = value
             self.run.finish(exit_code=0 if summary.get("status") != "failed" else 1)
         except Exception as err:  # noqa: BLE001
             log.warning("wandb finish failed (%s)", err)
         self.run = None
+
+
+def log_reproduction(*, project: str, entity: str | None, mode: str, dir: str | None,
+                     name: str, config: dict, images: dict, tables: dict) -> None:  # fmt: skip
+    """One wandb run (``job_type="fig5"``) holding a reproduction's outputs: ``images``
+    (name -> PNG path) and ``tables`` (name -> pandas DataFrame). Never raises."""
+    try:
+        import wandb
+
+        run = wandb.init(project=project, entity=entity, mode=mode, dir=dir, name=name,
+                         job_type="fig5", config=config, tags=["fig5", str(config.get("profile"))],
+                         reinit="create_new")  # fmt: skip
+        run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+        run.log({key: wandb.Table(dataframe=df) for key, df in tables.items() if len(df)})
+        run.finish()
+    except Exception as err:  # noqa: BLE001 - a logger must never stop a reproduction
+        log.warning("wandb: could not log the reproduction's outputs (%s)", err)

@@ -135,6 +135,7 @@ def train(
             counters["metrics_size"] = run.append_metrics(
                 [{"step": step, "split": "minibatch", "loss": value}]
             )
+            logger.log({"train/minibatch_loss": value}, step)
             reason = monitor.check([value], [0])[0]
             counters["initial_loss"] = monitor.initial[0]
             if reason:

@@ -42,8 +42,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..problems import Problem
 from ..problems.batching import Batch
 from . import checkpoint
+from .loggers import NoLogger
 from .loop import Interrupted
 from .monitor import (
+    KEYS,
     Divergence,
     Progress,
     eval_steps,
@@ -77,6 +79,7 @@ def train_parallel(
     seeds: list[int],
     runs: list[RunDir],
     stop: Callable[[], bool] | None = None,
+    loggers: list | None = None,
 ) -> list[dict]:
     """Train member k = (``models[k]``, ``seeds[k]``, ``runs[k]``) for all k at once.
 
@@ -89,6 +92,7 @@ def train_parallel(
     if not problem.seed_parallel:
         raise ValueError(f"{problem.name} cannot train seeds in parallel (seed_parallel=False)")
     K = len(models)
+    loggers = loggers or [NoLogger() for _ in range(K)]
     started = time.perf_counter()
     evals = eval_steps(settings.num_steps, settings.eval_every)
     device = next(models[0].parameters()).device
@@ -149,6 +153,7 @@ def train_parallel(
                 rows = evaluation_rows(problem, models[k], step, settings.eval_max_batches)
                 runs[k].append_metrics(rows)
                 finals[k] = last_eval(rows)
+                loggers[k].log({f"{r['split']}/{key}": r[key] for r in rows for key in KEYS}, step)
                 reason = non_finite(rows)
                 if reason:
                     finish(k, "diverged", step, reason)
@@ -174,6 +179,7 @@ def train_parallel(
             values = losses.tolist()
             for k in live():
                 runs[k].append_metrics([{"step": step, "split": "minibatch", "loss": values[k]}])
+                loggers[k].log({"train/minibatch_loss": values[k]}, step)
             for k, reason in monitor.check(values, live()).items():
                 if reason:
                     finish(k, "diverged", step, reason)

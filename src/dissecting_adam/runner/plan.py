@@ -87,6 +87,7 @@ def plan(cfg: DictConfig) -> RunSpec:
         allow_tf32=bool(cfg.allow_tf32),
         force=bool(cfg.force),
         logger=logger_spec(cfg.logger),
+        role=str(cfg.get("role", "single")),
     )
     check_capabilities(spec)
     return spec
@@ -187,8 +188,6 @@ def check_capabilities(spec: RunSpec, parallel_seeds: int = 1) -> None:
             "(stateful LSTM or BatchNorm); use parallel_seeds=1, or hydra multirun "
             "(-m seed=...) to run seeds side by side"
         )
-    if spec.logger.name != "none":
-        raise ConfigError(f"parallel_seeds={k} does not support logger={spec.logger.name}")
     if not method.seed_parallel:
         raise ConfigError(
             f"parallel_seeds={k} does not support optimizer={method.name} (per-example "
@@ -243,6 +242,7 @@ def to_overrides(spec: RunSpec) -> list[str]:
         f"device={_value(spec.device)}",
         f"allow_tf32={_value(spec.allow_tf32)}",
         f"logger={spec.logger.name}",
+        f"role={spec.role}",
     ]
     if spec.logger.name != "none":
         lg = spec.logger

@@ -14,6 +14,7 @@ wall time, status) in each member's environment record.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -93,35 +94,45 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = first.allow_tf32
         torch.backends.cudnn.allow_tf32 = first.allow_tf32
-    with problem_for(first, device) as problem, Session(specs, device) as session:
-        if len(specs) == 1:
-            spec, run = first, session.runs[0]
-            model = problem.build_model(spec.seed)
-            optimizer = spec.optimizer.build(model.parameters())
-            scheduler = problem.lr_scheduler(optimizer)
-            session.logger = make_logger(spec)
-            summaries = [train(problem, model, optimizer, scheduler, spec.train, run,
-                               session.logger, session.stop)]  # fmt: skip
-        else:
-            seeds = [s.seed for s in specs]
-            models = [problem.build_model(s) for s in seeds]
-            summaries = parallel.train_parallel(
-                problem, models, first.optimizer.build, first.train, seeds, session.runs,
-                session.stop,
-            )  # fmt: skip
-        return [
-            {**s, "skipped": False, "run_dir": str(run.path)}
-            for s, run in zip(summaries, session.runs, strict=True)
-        ]
+    with problem_for(first, device) as problem:
+        # Prepares and checks the data files (a DataError here leaves no run folder).
+        fingerprint = problem.data_fingerprint()
+        with Session(specs, device, fingerprint) as session:
+            return _train(problem, specs, session)
+
+
+def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
+    """One run (``loop.train``) or a seed-parallel group (``parallel.train_parallel``)."""
+    first = specs[0]
+    if len(specs) == 1:
+        run = session.runs[0]
+        model = problem.build_model(first.seed)
+        optimizer = first.optimizer.build(model.parameters())
+        scheduler = problem.lr_scheduler(optimizer)
+        session.loggers = [make_logger(first, run)]
+        summaries = [train(problem, model, optimizer, scheduler, first.train, run,
+                           session.loggers[0], session.stop)]  # fmt: skip
+    else:
+        seeds = [s.seed for s in specs]
+        models = [problem.build_model(s) for s in seeds]
+        session.loggers = [make_logger(s, r) for s, r in zip(specs, session.runs, strict=True)]
+        summaries = parallel.train_parallel(
+            problem, models, first.optimizer.build, first.train, seeds, session.runs,
+            session.stop, session.loggers,
+        )  # fmt: skip
+    return [
+        {**s, "skipped": False, "run_dir": str(run.path)}
+        for s, run in zip(summaries, session.runs, strict=True)
+    ]
 
 
 class Session:
     """One training session of one run or of a seed-parallel group (a context manager)."""
 
-    def __init__(self, specs: list[RunSpec], device: str):
-        self.specs, self.device = specs, device
+    def __init__(self, specs: list[RunSpec], device: str, data_fingerprint: str | None = None):
+        self.specs, self.device, self.data_fingerprint = specs, device, data_fingerprint
         self.runs: list[RunDir] = [s.run_dir() for s in specs]
-        self.logger = NoLogger()
+        self.loggers = []
         self.stop = lambda: False
         self.t0 = time.perf_counter()
 
@@ -131,11 +142,15 @@ class Session:
             for run in self.runs:  # one writer per run: a second copy stops here
                 self._stack.enter_context(files.RunLock(run.path))
             self.record = {"start": _now(), "device": self.device, "status": "running"}
+            if self.data_fingerprint is not None:  # which bytes of data this session read
+                self.record["data_fingerprint"] = self.data_fingerprint
             if len(self.specs) > 1:
                 seeds = [s.seed for s in self.specs]
                 self.record.update(parallel_seeds=len(seeds), parallel_group=seeds)
             env = environment(self.device)
             self.record.update(device_name=env.get("device_name"), host=env["host"])
+            if "slurm" in env:  # this session's scheduler job (a resumed run has several)
+                self.record["slurm"] = env["slurm"]
             for spec, run in zip(self.specs, self.runs, strict=True):
                 config = yaml.safe_dump(spec.to_dict(), sort_keys=False)
                 run.start(spec.identity(), config, force=spec.force)
@@ -172,26 +187,46 @@ class Session:
                     if not spec.train.keep_checkpoint:  # a finished run needs none
                         checkpoint.remove(run.checkpoint_file)
                 files.remove_leftovers(run.path)
-            self.logger.finish(self.runs[0].summary() or {"status": status})
+            for logger, run in zip(self.loggers, self.runs, strict=False):
+                logger.finish(run.summary() or {"status": status})
         finally:
             self._stack.close()
 
 
-def make_logger(spec: RunSpec):
+def make_logger(spec: RunSpec, run: RunDir):
     if spec.logger.name == "none":
         return NoLogger()
     lg, lr = spec.logger, store.format_lr(spec.optimizer.lr)
+    facts = {"profile": spec.profile, "problem": spec.problem, "optimizer": spec.optimizer.name,
+             "lr": spec.optimizer.lr, "seed": spec.seed, "role": spec.role}  # fmt: skip
     return WandbLogger(
         project=lg.project,
         entity=lg.entity,
         mode=lg.mode,
         job_type=lg.job_type,
-        tags=list(lg.tags),
+        tags=[
+            *lg.tags,
+            spec.profile,
+            spec.problem,
+            spec.optimizer.name,
+            spec.role,
+            f"lr={lr}",
+            f"seed={spec.seed}",
+        ],  # fmt: skip
         dir=lg.dir,
         group=f"{spec.problem}/{spec.optimizer.name}/lr={lr}",
         name=f"{spec.problem}/{spec.optimizer.name}/lr={lr}/seed={spec.seed}",
-        config={**spec.to_dict(), "identity": spec.identity()},
+        config={**facts, "spec": spec.to_dict(), "identity": spec.identity()},
+        id=wandb_id(spec, run),
     )
+
+
+def wandb_id(spec: RunSpec, run: RunDir) -> str:
+    """Stable over a run's resumed sessions, new for each start from step 0 (force=true)."""
+    sessions = json.loads(run.environment_file.read_text()).get("sessions", [])
+    starts = sum(1 for s in sessions if s.get("resumed") is False)
+    key = f"{spec.problem}-{spec.optimizer.name}-{store.config_hash(spec.identity())}"
+    return key if starts <= 1 else f"{key}-{starts}"
 
 
 @contextlib.contextmanager

@@ -145,6 +145,7 @@ class RunSpec:
     allow_tf32: bool = True
     force: bool = False
     logger: LoggerSpec = field(default_factory=LoggerSpec)
+    role: str = "single"  # in the protocol: probe, search, replicate; single: on its own
 
     @property
     def seed(self) -> int:

@@ -5,26 +5,34 @@ deletes lines with three ``sed`` commands, reads the rest as UTF-8 (keeping the 
 ends: ``codecs.open`` does not translate them), orders the vocabulary by descending frequency
 (ties by first occurrence, as a stable sort of a ``Counter`` gives) and splits the character
 ids contiguously, the first ``ceil(0.8 n)`` for training. This module does exactly that, as
-pure functions on bytes and arrays; only ``prepare_tolstoi`` touches the file system.
+pure functions on bytes and arrays; only ``prepare_tolstoi`` and ``load_tolstoi`` touch the
+file system. The text is md5-verified on every load (the bytes that are preprocessed), and
+``<root>/tolstoi/MANIFEST.json`` records its sha256 and the preprocessing settings, whose
+short hash is the data's fingerprint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import download_url
 
 from .integrity import (
+    ChecksumError,
     DataError,
+    Manifest,
     RemoteFile,
     check_cached,
+    data_lock,
     download_failed,
+    download_url,
     resolve_mirror,
     stage_from_mirror,
+    verify_or_rebuild,
 )
 
 WAR_AND_PEACE = RemoteFile(
@@ -50,11 +58,15 @@ class TextSource:
 
 @dataclass(frozen=True)
 class TextData:
-    """Character ids (int64) of the two contiguous splits and the vocabulary."""
+    """Character ids (int64) of the two contiguous splits and the vocabulary.
+
+    ``fingerprint``: the short hash of the verified text and preprocessing (``Manifest``).
+    """
 
     train: torch.Tensor
     test: torch.Tensor
     vocab: tuple[str, ...]
+    fingerprint: str = ""
 
 
 def delete_lines(data: bytes, first: int, last: int) -> bytes:
@@ -97,9 +109,8 @@ def preprocess(raw: bytes, deletions=DEEPOBS_LINE_DELETIONS) -> TextData:
     return TextData(torch.from_numpy(train.copy()), torch.from_numpy(test.copy()), vocab)
 
 
-def prepare_tolstoi(root: str | Path, mirror=None, source: TextSource = TextSource()) -> Path:
-    """Stage or download the text into ``root/tolstoi/``, verify its md5, return its path."""
-    dest = Path(root) / "tolstoi"
+def _prepare(root: Path, mirror, source: TextSource) -> Path:
+    dest = root / "tolstoi"
     files = [source.file]
     mirror_path = resolve_mirror(mirror)
     if mirror_path is not None:
@@ -108,17 +119,66 @@ def prepare_tolstoi(root: str | Path, mirror=None, source: TextSource = TextSour
     path = dest / source.file.name
     if not path.is_file():
         try:
-            download_url(source.file.url, str(dest), source.file.name, source.file.md5)
-        except (URLError, OSError, RuntimeError) as err:
+            download_url(source.file, dest, source.folder)
+        except (DataError, OSError) as err:
             raise download_failed(files, dest, source.folder, err) from err
         check_cached(dest, files)
     return path
 
 
+def _manifest(path: Path, source: TextSource) -> Manifest:
+    """Record (or check) the text and the preprocessing settings in ``tolstoi/MANIFEST.json``.
+
+    The text is itself the verified download (its md5 is checked first), so a manifest that
+    disagrees with it is stale and rewritten.
+    """
+    settings = {"line_deletions": source.line_deletions, "test_fraction": TEST_FRACTION}
+    return verify_or_rebuild(
+        path.parent,
+        [path.name],
+        dataset=source.folder,
+        sources={source.file.name: source.file.md5},
+        downloads={path.name: path},
+        fetch=lambda: None,
+        rebuild=lambda names: None,
+        preprocessing=settings,
+    )
+
+
+def prepare_tolstoi(root: str | Path, mirror=None, source: TextSource = TextSource()) -> Path:
+    """Stage or download the text into ``root/tolstoi/``, verify its md5, return its path."""
+    root = Path(root)
+    with data_lock(root / "tolstoi"):
+        path = _prepare(root, mirror, source)
+        _manifest(path, source)
+    return path
+
+
+def tolstoi_manifest(root: str | Path, mirror=None, source: TextSource = TextSource()):
+    """Prepare and verify the text without preprocessing it; the manifest (``.fingerprint``)."""
+    root = Path(root)
+    with data_lock(root / "tolstoi"):
+        return _manifest(_prepare(root, mirror, source), source)
+
+
 def load_tolstoi(root: str | Path, mirror=None, source: TextSource = TextSource()) -> TextData:
-    """The preprocessed splits (about a second of work, so they are not cached on disk)."""
-    path = prepare_tolstoi(root, mirror, source)
+    """The preprocessed splits (about a second of work, so they are not cached on disk).
+
+    The md5 is checked on the very bytes that are preprocessed.
+    """
+    root = Path(root)
+    with data_lock(root / "tolstoi"):
+        path = _prepare(root, mirror, source)
+        manifest = _manifest(path, source)
+        raw = path.read_bytes()
+    actual = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if actual != source.file.md5:
+        raise ChecksumError(
+            f"Checksum mismatch for {path}: expected md5 {source.file.md5}, got {actual}. "
+            "The file changed while it was read: rerun."
+        )
     try:
-        return preprocess(path.read_bytes(), source.line_deletions)
+        text = preprocess(raw, source.line_deletions)
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err}): delete it and rerun.") from err
+    return dataclasses.replace(text, fingerprint=manifest.fingerprint)
