@@ -9,35 +9,53 @@ All six methods keep the same moving averages (paper Eq. 4-5, one beta):
     c  = 1 / (1 - beta^(t+1))       (bias correction: m = c m~, v = c v~).
 
 M-SVAG's and SVAG's factor gamma = m^2 / (m^2 + kappa s) with
-s = (v - m^2) / (1 - rho) (kappa = rho for M-SVAG, 1 for SVAG) is evaluated in
-the algebraically equal form that needs no extra buffer:
+s = (v - m^2) / (1 - rho) (kappa = rho for M-SVAG, 1 for SVAG) depends on m~ and v~
+only through the ratio q = v~ / (c m~^2) (q >= 1 in exact arithmetic):
 
-    a = c m~^2,   den = a + lam (v~ - a),   gamma = a / den,
-    lam = kappa / (1 - rho)  (and lam = 0 at t = 0, where s = 0).
+    gamma = 1 / d,   d = 1 + lam (q - 1),   lam = kappa / (1 - rho)  (lam = 0 at t = 0).
 
-Since v~ >= c m~^2 in exact arithmetic, den >= a >= 0 and gamma lies in
-[0, 1]. Where round-off gives den <= a (zero variance) gamma is 1, which is
-the paper's clip; where m~ = 0 the update is 0 whatever gamma is, so the
-paper's 0/0 case (m = v = 0) leaves the coordinate where it is. There is no
-epsilon.
+The ratio is formed without squaring m~ or v~ (m~^2 and c m~^2 leave float32's range
+for |g| >= ~1e19 or <= ~1e-19, which made the multi-tensor path return NaN or freeze):
 
-The variance-adapted sign methods (paper §C; docs/optimizers.md) use the same a, den and
+    r = sqrt(v~) sqrt(lam / c) / |m~|,   lam q = r^2,   d = max(r^2 + 1 - lam, 1).
+
+Every operand stays within a factor sqrt(lam / c) of sqrt(v~) or |m~|, so nothing over- or
+underflows where gamma m is representable; an r^2 that overflows means gamma < 1e-38.
+Rules, no epsilon anywhere:
+- d <= 1 (zero variance, round-off, t = 0) gives gamma = 1: the paper's clip to [0, 1];
+- |m~| is taken as at least the smallest normal number, so m~ = 0 gives r = inf and
+  gamma = 0 where v~ > 0, and gamma = 1 where v~ = 0 too; in both cases the update is 0
+  (m~ = 0, sign(m~) = 0, or for SVAG g = 0 since v~ = 0): the paper's 0/0 case does not move;
+- sqrt(v~) is taken as at most the square root of the largest finite number: a v~ that
+  overflowed to inf (|g| > ~1.8e19 in float32) counts as the largest finite value, a lower
+  bound on the variance (so gamma is an upper bound; it is 1 where |m~| is as large).
+
+The variance-adapted sign methods (paper §C; docs/optimizers.md) use the same q and
 lam (kappa = rho) and move by lr sign(m~) times a factor in [0, 1]:
 
-    M-SSD-VA:  (1 + rho s / m^2)^(-1/2)   = sqrt(gamma) = sqrt(a / den),
-    M-SSD-erf: erf(|m| / sqrt(2 rho s))   = erf(sqrt(a / (2 r))),  r = lam (v~ - a).
+    M-SSD-VA:  (1 + rho s / m^2)^(-1/2)   = sqrt(gamma) = 1 / sqrt(d),
+    M-SSD-erf: erf(|m| / sqrt(2 rho s))   = erf(1 / sqrt(w)),  w = 2 lam (q - 1),
 
-Where s <= 0 (s_0 = 0, zero variance, round-off) the factor is 1 (erf(inf)
-= 1); where m~ = 0 the sign is 0 and the coordinate does not move.
+with w = max(r'^2 - 2 lam, 0), r' = sqrt(v~) sqrt(2 lam / c) / |m~|. Where s <= 0
+(s_0 = 0, zero variance, round-off) w = 0 and the factor is erf(inf) = 1; where m~ = 0
+the sign is 0 and the coordinate does not move.
+
+Parameters in float16 or bfloat16 are updated in float32 (``compute_dtype``): the
+optimizers keep their state in float32, the update is computed in float32 and the new
+parameter is rounded to its own dtype once per step (as torch's fused Adam computes).
 
 Three implementations of the same maths, all tested against
 ``reference.py``: a per-tensor loop (``foreach=False``), the multi-tensor
 ``torch._foreach_*`` path (the default) and a single-pass fused path
 (``fused=True``: a C kernel on the CPU, ``torch.compile`` on other devices).
+The C kernel evaluates gamma as c m~^2 / (c m~^2 + lam (v~ - c m~^2)); it computes in
+float (float32, bfloat16) or double, and in float32 it agrees with the other paths for
+gradients 1e-30 .. 1e30 where the variance is representable (tests/test_faults_optim.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -46,6 +64,23 @@ from torch import Tensor
 
 METHODS = ("msgd", "mssd", "msvag", "svag", "mssd_va", "mssd_erf")
 _USES_V = ("msvag", "svag", "mssd_va", "mssd_erf")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the optimizer state and of the update's maths for parameters of ``dtype``.
+
+    float32 for float16 and bfloat16 parameters (their 5- and 8-bit exponents cannot hold
+    g^2 for small gradients, nor their 11- and 8-bit mantissas the variance v - m^2),
+    the parameter's own dtype otherwise.
+    """
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(smallest normal number, square root of the largest finite number) of ``dtype``."""
+    info = torch.finfo(dtype)
+    return info.tiny, math.sqrt(info.max)
 
 
 def rho(beta: float, t: int) -> float:
@@ -78,34 +113,47 @@ def _single_tensor(
     method: str, p: Tensor, g: Tensor, m: Tensor | None, v: Tensor | None,
     beta: float, lr_eff: float | Tensor, c: float | Tensor, lam: float | Tensor,
 ) -> None:  # fmt: skip
-    """One tensor's update with plain torch ops (the foreach=False path; compiled when fused)."""
-    if m is None:  # beta = 0: the average is the gradient itself
-        mt = g
+    """One tensor's update with plain torch ops (the foreach=False path; compiled when fused).
+
+    16-bit tensors are computed in float32 (``compute_dtype``) and written back rounded;
+    tensors already in that dtype are updated in place (``.to`` returns them unchanged).
+    """
+    acc = compute_dtype(p.dtype)
+    pf, gf = p.to(acc), g.to(acc)
+    mf = None if m is None else m.to(acc)
+    if mf is None:  # beta = 0: the average is the gradient itself
+        mt = gf
     else:
-        m.mul_(beta).add_(g, alpha=1.0 - beta)
-        mt = m
+        mf.mul_(beta).add_(gf, alpha=1.0 - beta)
+        mt = mf
     if method == "msgd":
-        p.sub_(mt * lr_eff)
-        return
-    if method == "mssd":
-        p.sub_(torch.sign(mt) * lr_eff)
-        return
-    assert v is not None
-    v.mul_(beta).addcmul_(g, g, value=1.0 - beta)
-    a = mt * mt * c
-    if method == "mssd_erf":
-        r = (v - a) * lam  # rho s / c; r <= 0: zero variance, factor erf(inf) = 1
-        pos = r > 0
-        factor = torch.where(pos, torch.erf(torch.sqrt(a / torch.where(pos, 2.0 * r, 1.0))), 1.0)
-        p.sub_(torch.sign(mt) * factor * lr_eff)
-        return
-    den = a + (v - a) * lam
-    gamma = torch.where(den > a, a / torch.where(den > a, den, 1.0), 1.0)
-    if method == "mssd_va":
-        p.sub_(torch.sign(mt) * torch.sqrt(gamma) * lr_eff)
-        return
-    d = mt if method == "msvag" else g
-    p.sub_(gamma * d * lr_eff)
+        pf.sub_(mt * lr_eff)
+    elif method == "mssd":
+        pf.sub_(torch.sign(mt) * lr_eff)
+    else:
+        assert v is not None
+        vf = v.to(acc)
+        vf.mul_(beta).addcmul_(gf, gf, value=1.0 - beta)
+        tiny, sqrt_max = _limits(acc)
+        root_v = torch.sqrt(vf).clamp_max(sqrt_max)  # v~ = inf: the largest finite value
+        abs_m = mt.abs().clamp_min(tiny)  # m~ = 0: r = inf (or 0 where v~ = 0 too)
+        if method == "mssd_erf":
+            r = root_v * (2.0 * lam / c) ** 0.5 / abs_m
+            w = (r * r - 2.0 * lam).clamp_min(0.0)  # 2 lam (q - 1); s <= 0: w = 0
+            pf.sub_(torch.sign(mt) * torch.erf(torch.rsqrt(w)) * lr_eff)  # erf(inf) = 1
+        else:
+            r = root_v * (lam / c) ** 0.5 / abs_m
+            d = (r * r + (1.0 - lam)).clamp_min(1.0)  # 1 / gamma, gamma clipped to [0, 1]
+            if method == "mssd_va":
+                pf.sub_(torch.sign(mt) / torch.sqrt(d) * lr_eff)
+            else:
+                pf.sub_((mt if method == "msvag" else gf) / d * lr_eff)
+        if v.dtype != acc:
+            v.copy_(vf)
+    if m is not None and m.dtype != acc:
+        m.copy_(mf)
+    if p.dtype != acc:
+        p.copy_(pf)
 
 
 # --------------------------------------------------------------------------- multi-tensor
@@ -116,6 +164,13 @@ def _foreach(
     v: list[Tensor] | None, beta: float, lr_eff: float, c: float, lam: float,
 ) -> None:  # fmt: skip
     """The multi-tensor path for tensors that share device, dtype and step."""
+    acc = compute_dtype(p[0].dtype)
+    if p[0].dtype != acc:  # 16-bit parameters: the maths on float32 copies, then round
+        pf, gf, mf, vf = (_to(xs, acc) for xs in (p, g, m, v))
+        _foreach(method, pf, gf, mf, vf, beta, lr_eff, c, lam)
+        for dst, src in ((p, pf), (m, mf), (v, vf)):
+            _copy_back(dst, src)
+        return
     if m is None:
         mt = g
     else:
@@ -130,49 +185,43 @@ def _foreach(
     assert v is not None
     torch._foreach_mul_(v, beta)
     torch._foreach_addcmul_(v, g, g, value=1.0 - beta)
-    if method == "mssd_erf":
-        _foreach_erf_factor(p, mt, v, lr_eff, c, lam)
+    tiny, sqrt_max = _limits(acc)
+    erf = method == "mssd_erf"
+    r = torch._foreach_sqrt(v)
+    torch._foreach_clamp_max_(r, sqrt_max)  # v~ = inf: the largest finite value
+    abs_m = torch._foreach_abs(mt)
+    torch._foreach_clamp_min_(abs_m, tiny)  # m~ = 0: r = inf (or 0 where v~ = 0 too)
+    torch._foreach_mul_(r, math.sqrt((2.0 * lam if erf else lam) / c))
+    torch._foreach_div_(r, abs_m)
+    torch._foreach_mul_(r, r)  # lam q (2 lam q for M-SSD-erf)
+    if erf:
+        torch._foreach_sub_(r, 2.0 * lam)
+        torch._foreach_clamp_min_(r, 0.0)  # w = 2 lam (q - 1); s <= 0: w = +0
+        torch._foreach_rsqrt_(r)  # |m| / sqrt(2 rho s), inf where w = 0
+        torch._foreach_erf_(r)  # erf(inf) = 1
+        torch._foreach_addcmul_(p, torch._foreach_sign(mt), r, value=-lr_eff)
         return
-    a = torch._foreach_mul(mt, mt)  # m~^2
-    den = torch._foreach_mul(v, lam)
-    torch._foreach_add_(den, a, alpha=c * (1.0 - lam))  # den = a + lam (v~ - a), a = c m~^2
-    torch._foreach_mul_(a, c)
-    # gamma = a / max(den, a): 1 where den <= a (zero variance, or round-off).
-    torch._foreach_maximum_(den, a)
-    # den = 0 only where m~ = v~ = 0, the paper's 0/0: subtracting sign(den) - 1
-    # (exactly -1 there, exactly 0 elsewhere) makes gamma 0 there and changes
-    # nothing else. No epsilon.
-    zero = torch._foreach_sign(den)
-    torch._foreach_sub_(zero, 1.0)
-    torch._foreach_sub_(den, zero)
-    torch._foreach_div_(a, den)  # gamma, in [0, 1]; dividing first avoids underflow
+    torch._foreach_add_(r, 1.0 - lam)
+    torch._foreach_clamp_min_(r, 1.0)  # d = 1 / gamma, gamma clipped to [0, 1]
     if method == "mssd_va":
-        torch._foreach_sqrt_(a)
-        torch._foreach_addcmul_(p, torch._foreach_sign(mt), a, value=-lr_eff)
+        torch._foreach_sqrt_(r)
+        torch._foreach_addcdiv_(p, torch._foreach_sign(mt), r, value=-lr_eff)
         return
-    torch._foreach_addcmul_(p, a, mt if method == "msvag" else g, value=-lr_eff)
+    torch._foreach_addcdiv_(p, mt if method == "msvag" else g, r, value=-lr_eff)
 
 
-def _foreach_erf_factor(
-    p: list[Tensor], mt: list[Tensor], v: list[Tensor], lr_eff: float, c: float, lam: float
-) -> None:
-    """M-SSD-erf's step p -= lr sign(m~) erf(sqrt(a / (2 r))) over a list of tensors."""
-    a = torch._foreach_mul(mt, mt)
-    torch._foreach_mul_(a, c)  # a = c m~^2 = m^2 / c
-    r = torch._foreach_mul(v, lam)
-    torch._foreach_add_(r, a, alpha=-lam)  # r = lam (v~ - a) = rho s / c
-    torch._foreach_clamp_min_(r, 0.0)  # s <= 0: a / 0 = inf below, erf(inf) = 1
-    torch._foreach_abs_(r)  # an underflow can leave -0.0, and a / -0 = -inf
-    torch._foreach_mul_(r, 2.0)
-    # Where a = 0 the sign below is 0 and the factor only has to be finite: adding
-    # 1 - sign(a) (exactly 1 there, exactly 0 elsewhere) turns 0/0 into 1/0.
-    one = torch._foreach_sign(a)
-    torch._foreach_sub_(one, 1.0)
-    torch._foreach_sub_(a, one)
-    torch._foreach_div_(a, r)  # m^2 / (2 rho s), inf where s <= 0
-    torch._foreach_sqrt_(a)
-    torch._foreach_erf_(a)
-    torch._foreach_addcmul_(p, torch._foreach_sign(mt), a, value=-lr_eff)
+def _to(xs: list[Tensor] | None, dtype: torch.dtype) -> list[Tensor] | None:
+    """``xs`` in ``dtype``; tensors already in it are the same objects, not copies."""
+    return None if xs is None else [x.to(dtype) for x in xs]
+
+
+def _copy_back(dst: list[Tensor] | None, src: list[Tensor] | None) -> None:
+    """Write the converted copies in ``src`` back into ``dst`` (rounding to dst's dtype)."""
+    if dst is None or src is None:
+        return
+    pairs = [(d, s) for d, s in zip(dst, src, strict=True) if d is not s]
+    if pairs:
+        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
 
 
 # --------------------------------------------------------------------------- fused
@@ -209,13 +258,19 @@ def _fused(
 
         if device.type != "cpu":
             raise ValueError("the native fused kernel runs on the CPU only; use backend='compile'")
-        if p[0].dtype not in _native.DTYPE_CODES:  # float16: no native kernel
-            for i in range(len(p)):
-                mi = None if m is None else m[i]
-                vi = None if v is None else v[i]
-                _single_tensor(method, p[i], g[i], mi, vi, beta, lr_eff, c, lam)
+        dtype = p[0].dtype
+        if dtype in _native.DTYPE_CODES and all(
+            xs is None or xs[0].dtype == dtype for xs in (m, v)
+        ):  # one dtype throughout (bfloat16 state only from callers of the functional API)
+            _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
             return
-        _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
+        # 16-bit parameters with float32 state (the optimizers' layout), or float16: the
+        # float32 kernel on float32 copies, each parameter rounded back once.
+        acc = compute_dtype(dtype)
+        pf, gf, mf, vf = (_to(xs, acc) for xs in (p, g, m, v))
+        _native.moments_step(method, pf, gf, mf, vf, lr_eff, c, lam, beta)
+        for dst, src in ((p, pf), (m, mf), (v, vf)):
+            _copy_back(dst, src)
         return
     if backend != "compile":
         raise ValueError(f"unknown fused backend {backend!r}; use 'native' or 'compile'")
@@ -298,6 +353,8 @@ def update(
         params, grads: parameters and their gradients.
         m, v: the un-corrected averages m~ and v~ (``m`` is None when beta = 0 for
             M-SGD and M-SSD; ``v`` is None for them always and needed by the others).
+            For 16-bit ``params`` they should be float32 (``compute_dtype``); 16-bit
+            averages are accepted too and computed in float32, then rounded back.
         steps: for each parameter, the number of steps it has taken so far (t).
         lr, beta: step size and averaging constant.
         foreach: multi-tensor path (default) or a per-tensor loop (False).

@@ -17,14 +17,14 @@ choice above keeps Alg. 1's form and its memory: two buffers, like M-SVAG.)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from ._base import _REAL_FLOATS, _check_beta, _check_lr
-from ._engine import _partition, _take, rho
+from ._base import _REAL_FLOATS, StateDictChecks, _check_beta, _check_lr, _zeros_state
+from ._engine import _copy_back, _limits, _partition, _take, _to, compute_dtype, rho
 
 METHODS = ("msvag_mb", "svag_mb")
 
@@ -37,29 +37,57 @@ def _coefficients(method: str, lr: float, beta: float, t: int) -> tuple[float, f
     return lr, c, 1.0
 
 
+# gamma = a / (a + kappa s) with a = c m~^2, s = c s~ is evaluated as 1 / d,
+#     d = 1 + r^2,   r = sqrt(s~) sqrt(kappa / c) / |m~|,
+# which squares neither m~ nor s~ (they leave float32's range for |g| >= ~1e19 or
+# <= ~1e-19), as in ``_engine``: |m~| is taken as at least the smallest normal number and
+# sqrt(s~) as at most the square root of the largest finite one. Where m~ = 0, gamma is 0
+# (the reference's 0/0 -> 0 where s~ = 0 too): no move. s~ >= 0 (the estimator clamps s_t).
+
+
 def _single_tensor(method, p, g, sb, m, s, beta, lr_eff, c, kappa) -> None:
-    m.lerp_(g, 1.0 - beta)
-    s.lerp_(sb, 1.0 - beta)
-    a = m * m * c
-    den = a + s * kappa  # >= 0: s_t >= 0 is clamped by the estimator
-    gamma = torch.where(den > 0, a / torch.where(den > 0, den, 1.0), 0.0)  # 0/0: no move
-    p.addcmul_(gamma, m if method == "msvag_mb" else g, value=-lr_eff)
+    acc = compute_dtype(p.dtype)
+    pf, gf, mf, sf = p.to(acc), g.to(acc), m.to(acc), s.to(acc)
+    mf.lerp_(gf, 1.0 - beta)
+    sf.mul_(beta).add_(sb.to(acc), alpha=1.0 - beta)  # not lerp: inf - inf would be NaN
+    tiny, sqrt_max = _limits(acc)
+    abs_m = mf.abs()
+    r = torch.sqrt(sf).clamp_max(sqrt_max) * math.sqrt(kappa / c) / abs_m.clamp_min(tiny)
+    d = r * r + 1.0
+    if method == "msvag_mb":
+        pf.addcdiv_(mf, d, value=-lr_eff)
+    else:
+        pf.addcdiv_(torch.sign(abs_m) * gf, d, value=-lr_eff)  # m~ = 0: gamma = 0
+    for dst, src in ((p, pf), (m, mf), (s, sf)):
+        if dst is not src:
+            dst.copy_(src)
 
 
 def _foreach(method, p, g, sb, m, s, beta, lr_eff, c, kappa) -> None:
+    acc = compute_dtype(p[0].dtype)
+    if p[0].dtype != acc:  # 16-bit parameters: the maths on float32 copies, then round
+        pf, gf, sbf, mf, sf = (_to(xs, acc) for xs in (p, g, sb, m, s))
+        _foreach(method, pf, gf, sbf, mf, sf, beta, lr_eff, c, kappa)
+        for dst, src in ((p, pf), (m, mf), (s, sf)):
+            _copy_back(dst, src)
+        return
     torch._foreach_lerp_(m, g, 1.0 - beta)
-    torch._foreach_lerp_(s, sb, 1.0 - beta)
-    a = torch._foreach_mul(m, m)
-    torch._foreach_mul_(a, c)
-    den = torch._foreach_mul(s, kappa)
-    torch._foreach_add_(den, a)
-    # den = 0 only where m~ = s~ = 0: adding 1 - sign(den) (1 there, 0 elsewhere) makes
-    # gamma = 0/1 there and changes nothing else. No epsilon.
-    zero = torch._foreach_sign(den)
-    torch._foreach_sub_(zero, 1.0)
-    torch._foreach_sub_(den, zero)
-    torch._foreach_div_(a, den)
-    torch._foreach_addcmul_(p, a, m if method == "msvag_mb" else g, value=-lr_eff)
+    torch._foreach_mul_(s, beta)  # not lerp: an s_t of inf (overflow) would give NaN
+    torch._foreach_add_(s, sb, alpha=1.0 - beta)
+    tiny, sqrt_max = _limits(acc)
+    r = torch._foreach_sqrt(s)
+    torch._foreach_clamp_max_(r, sqrt_max)
+    torch._foreach_mul_(r, math.sqrt(kappa / c))
+    abs_m = torch._foreach_abs(m)
+    num = m
+    if method == "svag_mb":  # direction g, times 0 where m~ = 0 (gamma = 0 there)
+        num = torch._foreach_sign(abs_m)
+        torch._foreach_mul_(num, g)
+    torch._foreach_clamp_min_(abs_m, tiny)
+    torch._foreach_div_(r, abs_m)
+    torch._foreach_mul_(r, r)
+    torch._foreach_add_(r, 1.0)  # d = 1 / gamma
+    torch._foreach_addcdiv_(p, num, r, value=-lr_eff)
 
 
 def update(
@@ -97,11 +125,16 @@ def svag_mb(params, grads, batch_variances, m, s, steps, *, lr, beta, foreach=No
            foreach=foreach)  # fmt: skip
 
 
-class _MiniBatchVariance(Optimizer):
-    method = ""
-    name = ""
+class _MiniBatchVariance(StateDictChecks):
     #: The training loop must call ``per_example.backward_with_variance`` before ``step``.
     needs_batch_variance = True
+
+    def _buffers(self, beta: float) -> tuple[frozenset[str], frozenset[str]]:
+        keys = frozenset({"step", "m", "s"})
+        return keys, keys
+
+    def _needs_positive_beta(self) -> bool:
+        return False
 
     def __init__(self, params, lr: float, beta: float = 0.9, *, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, beta=beta, foreach=foreach))
@@ -131,8 +164,8 @@ class _MiniBatchVariance(Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["m"] = _zeros_state(p)  # float32 for 16-bit parameters
+                    state["s"] = _zeros_state(p)
                 m.append(state["m"])
                 s.append(state["s"])
                 steps.append(state["step"])
@@ -159,7 +192,7 @@ class _MiniBatchVariance(Optimizer):
                 f"parameter's {tuple(p.shape)} (or the parameter is not a real float)"
             )
         del p.batch_variance  # used once: a step without a fresh estimate is an error
-        return sb.to(p.dtype)
+        return sb.to(compute_dtype(p.dtype))
 
 
 class MSVAGMB(_MiniBatchVariance):
