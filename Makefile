@@ -81,7 +81,10 @@ plan-fig5: install ## What reproduce-fig5 would run next and what the store hold
 reproduce-extended: install ## Fig. 5's methods + M-SSD-VA, M-SSD-erf (§C) and M-SVAG-mb (§D): PROFILE, PROBLEMS, LAUNCHER as above
 	$(PY) scripts/reproduce.py --config-name reproduce_extended profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
 
+test-slurm: install ## The SLURM launcher on a private one-node SLURM cluster (root; installs slurm-wlm)
+	PY=$(PY) scripts/test_slurm.sh
+
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 plan-fig5 reproduce-extended bench-minibatch clean
+.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner fig2 fig3 wilson reproduce-fig5 plan-fig5 reproduce-extended bench-minibatch test-slurm clean

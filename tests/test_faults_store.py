@@ -157,6 +157,7 @@ def test_two_copies_of_one_run_never_write_together(tmp_path):
     finally:
         out = first.communicate(timeout=120)[0].decode()
     assert first.returncode == 0, out[-2000:]
+    assert "completed, final test accuracy " in out and " steps in " in out  # train.py's line
     if second.returncode == 0:  # the first had finished already: the second found it
         assert "already completed" in second.stdout + second.stderr
     else:

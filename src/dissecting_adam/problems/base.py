@@ -202,8 +202,10 @@ class Problem(ABC):
                     loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
                     correct += (logits.argmax(dim=-1) == targets).sum()
                     count += targets.numel()
-                l2 = float(self.l2_term(model))
+                l2 = self.l2_term(model).detach().float().to(loss_sum.device).double()
+                # One device-to-host copy per pass: no sync per batch.
+                loss_sum, correct, l2 = torch.stack([loss_sum, correct.double(), l2]).tolist()
         finally:
             model.train(was_training)
-        data_loss = float(loss_sum) / count
+        data_loss = loss_sum / count
         return EvalResult(data_loss + l2, int(correct) / count, data_loss)

@@ -92,9 +92,29 @@ class HydraMultirun:
         return out
 
     def __call__(self, specs: Sequence[RunSpec], on_done=None) -> None:
-        for cmd in self.commands(specs):
+        """Run the multiruns; on a cluster (submitit) all at once, so that the scheduler
+        sees every job array of the batch, on one machine (joblib) one after another."""
+        commands = self.commands(specs)
+        at_once = "submitit" in self.launcher or "slurm" in self.launcher
+        procs = []
+        for cmd in commands:
             log.info("launching %s", " ".join(cmd[2:]))
-            subprocess.run(cmd, check=True)
-            if on_done:
-                sweep = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in cmd[2:] if "=" in o}
-                on_done(len(sweep["optimizer.lr"].split(",")) * len(sweep["seed"].split(",")))
+            procs.append((cmd, subprocess.Popen(cmd)))
+            if not at_once:
+                self._wait(*procs.pop(), on_done)
+        errors = []
+        for cmd, proc in procs:  # wait for every array, then report the first failure
+            try:
+                self._wait(cmd, proc, on_done)
+            except subprocess.CalledProcessError as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _wait(cmd: list[str], proc: subprocess.Popen, on_done) -> None:
+        if proc.wait() != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        if on_done:
+            sweep = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in cmd[2:] if "=" in o}
+            on_done(len(sweep["optimizer.lr"].split(",")) * len(sweep["seed"].split(",")))
