@@ -1,5 +1,10 @@
 """Checksums, downloads, the optional local mirror, manifests, and the errors of every data set.
 
+Longer than ~300 lines: every data set's path from a URL or a mirror to verified files on
+disk (staging, download with retries, md5, the manifest of extracted files, and the
+errors that name the fix) is one chain that the tests patch at its joints; splitting it
+into download and manifest modules is planned.
+
 Data is verified at every level it is used:
 
 - every original download is verified by md5 whichever way it arrived (download, mirror or a
