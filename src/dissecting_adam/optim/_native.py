@@ -8,6 +8,9 @@ parameter tensors. ``torch.compile``'s CPU backend needs the same compiler.
 Environment:
     CC                      the C compiler (default ``cc``).
     DISSECTING_ADAM_CACHE   cache directory (default ``~/.cache/dissecting_adam``).
+    DISSECTING_ADAM_MARCH   the ``-march`` to build for (default ``native``), e.g.
+                            ``x86-64-v3`` to time the AVX2 code on an AVX-512 machine
+                            (``scripts/bench_optim.py``); it is part of the cache key.
 """
 
 from __future__ import annotations
@@ -69,13 +72,19 @@ def _cache_dir() -> Path:
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
 
 
+def march() -> str:
+    """The ``-march`` the kernel is built for: ``$DISSECTING_ADAM_MARCH`` or ``native``."""
+    return os.environ.get("DISSECTING_ADAM_MARCH") or "native"
+
+
 def _compile(src: Path, out: Path, cc: str) -> None:
     base = [cc, *_FLAGS]
+    arch = [f"-march={march()}", f'-DDA_MARCH="{march()}"']
     # Best first: this CPU's instructions and glibc's vector erf (libmvec), then without
     # libmvec (musl, macOS, old glibc), then portable code.
     attempts = [
-        (base + ["-march=native", "-DDA_USE_MVEC"], ["-lmvec", "-lm"]),
-        (base + ["-march=native"], ["-lm"]),
+        (base + arch + ["-DDA_USE_MVEC"], ["-lmvec", "-lm"]),
+        (base + arch, ["-lm"]),
         (base, ["-lm"]),
     ]
     errors = []
@@ -110,7 +119,7 @@ def load() -> ctypes.CDLL:
                 "found. Install gcc or clang (or set CC), or use fused=None (multi-tensor path)."
             )
         source = _source()
-        parts = [source, cc, *_FLAGS, _cpu_signature()]
+        parts = [source, cc, *_FLAGS, march(), _cpu_signature()]
         key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
         cache = _cache_dir()
         target = cache / f"moments-{key}.so"
@@ -133,9 +142,20 @@ def load() -> ctypes.CDLL:
             dbl, dbl, dbl, dbl, ctypes.c_int,
         ]  # fmt: skip
         fn.restype = ctypes.c_int
+        lib.moments_build_info.argtypes = []
+        lib.moments_build_info.restype = ctypes.c_char_p
         build_seconds = time.perf_counter() - start
         _lib = lib
         return lib
+
+
+def build_info() -> str:
+    """What the loaded kernel was compiled for, e.g. ``simd=avx2 erf=libmvec march=native``.
+
+    ``simd`` is the widest x86 vector extension (or ``neon``) the compiler was allowed to
+    use; ``erf=scalar`` and a missing ``march`` mean that a fallback build was used.
+    """
+    return load().moments_build_info().decode()
 
 
 _data_ptr = torch.Tensor.data_ptr
