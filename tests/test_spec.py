@@ -187,3 +187,21 @@ def test_modules_are_of_a_readable_size_or_say_why():
         if len(text.splitlines()) > 330:
             doc = ast.get_docstring(ast.parse(text)) or ""
             assert "Longer than" in doc, f"{path.relative_to(PACKAGE)}: {len(text.splitlines())}"
+
+
+def test_plan_pairs_equals_composing_every_pair():
+    from dissecting_adam.runner.plan import plan_pairs
+
+    pairs = [(p, o) for p in ("fmnist_2c2d", "cifar100_wrn404", "tolstoi_char_rnn")
+             for o in ("msgd", "adam", "msvag_mb", "sgd")]  # fmt: skip
+    overrides = ["profile=preview", "optimizer.lr=0.3", "train.num_steps=100"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        fast = plan_pairs(pairs, overrides)
+        for (p, o), spec in fast.items():
+            cfg = compose("train", overrides=[f"problem={p}", f"optimizer={o}", *overrides])
+            try:
+                expected = plan(cfg)
+            except Exception as err:  # noqa: BLE001 - the same refusal
+                assert type(spec) is type(err) and str(spec) == str(err)
+            else:
+                assert spec == expected, (p, o)
