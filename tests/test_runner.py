@@ -18,7 +18,8 @@ from dissecting_adam.runner.store import ResultsError, RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-FILES = [".lock", "identity.json", "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
+FILES = [".lock", "identity.json", "config.yaml", "environment.json", "metrics.jsonl"]
+FILES.append("summary.json")
 
 
 def execute(cfg):

@@ -20,6 +20,7 @@ import logging
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .. import methods
 from ..problems import PROBLEMS, load
 from .spec import BudgetRule, ConfigError, LoggerSpec, OptimizerSpec, RunSpec, TrainSettings
 
@@ -103,10 +104,10 @@ def optimizer_spec(node: DictConfig) -> OptimizerSpec:
         if isinstance(kwargs.get(key), int) and not isinstance(kwargs[key], bool):
             kwargs[key] = float(kwargs[key])
     try:
-        spec = OptimizerSpec(name, kwargs)
-        spec.method  # noqa: B018 - registered?
+        methods.get(name)
     except KeyError as err:
         raise ConfigError(f"optimizer={name}: {err.args[0]}") from err
+    spec = OptimizerSpec(name, kwargs)
     try:
         spec.build([torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError) as err:

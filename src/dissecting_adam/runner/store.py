@@ -261,7 +261,7 @@ def collect(root: Path):
         try:
             identity = read_json(run.identity_file)
             summary = run.summary() or {}
-            identity["optimizer_kwargs"]["lr"], identity["config_hash"]  # noqa: B018
+            lr, config = float(identity["optimizer_kwargs"]["lr"]), identity["config_hash"]
         except (CorruptRecord, KeyError, TypeError) as err:
             reason = err.reason if isinstance(err, CorruptRecord) else f"missing key {err}"
             path = err.path if isinstance(err, CorruptRecord) else run.identity_file
@@ -275,11 +275,11 @@ def collect(root: Path):
         df["profile"] = identity["profile"]
         df["problem"] = identity["problem"]
         df["optimizer"] = identity["optimizer"]
-        df["lr"] = float(identity["optimizer_kwargs"]["lr"])
+        df["lr"] = lr
         df["seed"] = int(identity["seed"])
         df["status"] = summary.get("status", "incomplete")
         df["diverged_step"] = summary.get("diverged_step")
-        df["config_hash"] = identity["config_hash"]
+        df["config_hash"] = config
         # Generated stand-in data (tests, smoke checks) must never pass for real results.
         df["data_variant"] = identity.get("data_variant", "real")
         frames.append(df)
