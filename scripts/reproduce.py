@@ -3,6 +3,7 @@
     python scripts/reproduce.py                                   # the paper profile
     python scripts/reproduce.py profile=smoke 'problems=[fmnist_2c2d,tolstoi_char_rnn]'
     python scripts/reproduce.py launcher=joblib                   # fan runs out locally
+    python scripts/reproduce.py launcher=packed                   # N runs at once per GPU
     python scripts/reproduce.py dry_run=true                      # the plan, nothing run
 
 Settings: conf/reproduce.yaml and conf/search/. Resumable: rerun after an interruption and
@@ -26,7 +27,7 @@ from dissecting_adam import methods
 from dissecting_adam.problems import PROBLEMS, DataError
 from dissecting_adam.protocol import claims, driver
 from dissecting_adam.protocol.estimate import estimate
-from dissecting_adam.protocol.launch import HydraMultirun, InProcess
+from dissecting_adam.protocol.launch import HydraMultirun, InProcess, Packed
 from dissecting_adam.protocol.search import SearchSettings
 from dissecting_adam.runner.data import problem_for
 from dissecting_adam.runner.loop import Interrupted
@@ -96,6 +97,8 @@ def build(cfg: DictConfig) -> driver.Reproduction:
             base[pair] = spec
     if cfg.launcher == "basic":
         launch = InProcess(int(cfg.parallel_seeds))
+    elif cfg.launcher == "packed":
+        launch = packed(cfg)
     else:
         launch = HydraMultirun(
             str(cfg.launcher),
@@ -109,6 +112,21 @@ def build(cfg: DictConfig) -> driver.Reproduction:
     return driver.Reproduction(
         base, search, launch, Path(cfg.out_dir), str(cfg.profile.name), claims=checks
     )
+
+
+def packed(cfg: DictConfig) -> Packed:
+    """``launcher=packed``: ``jobs_per_device`` (a number, or one per problem) on ``devices``."""
+    jobs = cfg.get("jobs_per_device", 1)
+    jobs = OmegaConf.to_container(jobs) if isinstance(jobs, DictConfig) else jobs
+    values = jobs.values() if isinstance(jobs, dict) else [jobs]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in values):
+        raise ConfigError(
+            f"jobs_per_device must be an integer >= 1 or one per problem, e.g. "
+            f"'jobs_per_device={{fmnist_2c2d: 8}}', got {jobs}"
+        )
+    devices = cfg.get("devices", "auto")
+    devices = [devices] if isinstance(devices, str) else list(devices)
+    return Packed(jobs, tuple(str(d) for d in devices), int(cfg.parallel_seeds))
 
 
 def logger_overrides(node: DictConfig) -> list[str]:

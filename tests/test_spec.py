@@ -93,6 +93,19 @@ def test_overrides_from_a_spec_plan_to_the_same_run(problem, optimizer, profile)
             spec.results_root, spec.device, spec.logger)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [["train.compile=reduce-overhead", "allow_tf32=false", "deterministic=true"],
+     ["train.compile=true", "cudnn_benchmark=true"]],
+)  # fmt: skip
+def test_speed_and_numerics_settings_travel_to_launchers(settings):
+    spec = planned("problem=cifar10_3c3d", "optimizer=msvag", *settings)
+    again = planned(*to_overrides(spec))
+    assert again.identity() == spec.identity() and again.train == spec.train
+    flags = ("allow_tf32", "cudnn_benchmark", "deterministic")
+    assert [getattr(again, f) for f in flags] == [getattr(spec, f) for f in flags]
+
+
 def test_the_run_record_holds_the_resolved_spec(tmp_path):
     spec = planned("profile=smoke", "data.variant=synthetic", f"results_root={tmp_path}",
                    "problem.batch_size=8", "problem.eval_batch_size=16", "train.num_steps=2",
@@ -154,11 +167,19 @@ def test_no_import_cycle_and_the_layers_point_down():
     for m in graph:
         if m not in state:
             visit(m, [])
-    for m, targets in graph.items():  # scripts -> protocol -> runner -> optim, problems
-        if ".runner" in m or ".optim" in m or ".problems" in m:
-            assert not any(".protocol" in t for t in targets), (m, targets)
-        if ".optim" in m or ".problems" in m:
-            assert not any(".runner" in t for t in targets), (m, targets)
+    # scripts -> bench (measurements) -> protocol -> runner -> optim, problems
+    order = ["bench", "protocol", "runner", "optim", "problems"]
+    rank = {f"dissecting_adam.{name}": i for i, name in enumerate(order)}
+    rank["dissecting_adam.problems"] = rank["dissecting_adam.optim"]  # side by side
+
+    def layer(module: str) -> int | None:
+        return next((r for p, r in rank.items() if module == p or module.startswith(p + ".")),
+                    None)  # fmt: skip
+
+    for m, targets in graph.items():
+        if layer(m) is not None:
+            above = [t for t in targets if layer(t) is not None and layer(t) < layer(m)]
+            assert not above, (m, above)
 
 
 def test_hydra_stays_in_scripts_and_plan():

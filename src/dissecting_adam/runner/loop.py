@@ -25,7 +25,7 @@ import torch
 
 from .. import per_example
 from ..problems import Problem
-from . import checkpoint
+from . import backend, checkpoint
 from .loggers import Logger, NoLogger
 from .monitor import (
     KEYS,
@@ -88,6 +88,8 @@ def train(
 
     # 2. The loop.
     batch_variance = getattr(optimizer, "needs_batch_variance", False)
+    device = next(model.parameters()).device.type
+    first_step_s = None
     if batch_variance:
         per_example.check_supported(model, problem.name)
     progress = Progress(settings.progress, end, start, settings.log_interval_s)
@@ -122,7 +124,9 @@ def train(
             progress.close(step)
             raise Interrupted(f"{run.path} stopped at step {step}; rerun to resume it")
 
+        step_started = time.perf_counter()
         batch = next(batches)
+        backend.mark_step(settings.compile, device)
         optimizer.zero_grad(set_to_none=True)
         if batch_variance:  # M-SVAG / SVAG with mini-batch variance estimates (§D)
             loss = per_example.backward_with_variance(problem, model, batch)
@@ -144,6 +148,8 @@ def train(
             progress.update(step, value)
         optimizer.step()
         scheduler.step()
+        if step == start and settings.compile is not None:  # compilation happens here
+            first_step_s = time.perf_counter() - step_started
         step += 1
     progress.close(step)
 
@@ -155,7 +161,9 @@ def train(
         counters.update(monitor.state(), elapsed_s=elapsed)
         checkpoint.save(run.checkpoint_file, step=step, model=model, optimizer=optimizer,
                         scheduler=scheduler, runner=counters)  # fmt: skip
-    stop = {} if settings.stop_at is None else {"stop_at": settings.stop_at}
+    extra = {} if settings.stop_at is None else {"stop_at": settings.stop_at}
+    if settings.compile is not None:  # the first step of this session includes compiling
+        extra.update(compile=settings.compile, first_step_s=first_step_s)
     result = summary(
         status,
         step,
@@ -165,7 +173,7 @@ def train(
         initial_loss=counters["initial_loss"],
         final=counters["last_eval"],
         train_time_s=elapsed,
-        **stop,
+        **extra,
     )
     run.write_summary(result)
     if partial:

@@ -109,6 +109,8 @@ def train_parallel(
         return functional_call(template, full, (inputs, targets))
 
     batched_loss = vmap(member_loss)  # (K, ...) params, (K, B, ...) batches -> (K,)
+    if settings.compile is not None:  # the K forward and backward passes as one graph
+        batched_loss = torch.compile(batched_loss, mode=settings.compile)
     batches = [problem.train_batches(seed) for seed in seeds]
     torch.manual_seed(seeds[0])  # as train() does; these CNNs draw nothing from it
     for run in runs:  # a group restarts every member from step 0 (no group checkpoint)

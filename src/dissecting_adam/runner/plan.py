@@ -22,7 +22,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import methods
 from ..problems import PROBLEMS, load
-from .spec import BudgetRule, ConfigError, LoggerSpec, OptimizerSpec, RunSpec, TrainSettings
+from .spec import (
+    BudgetRule,
+    ConfigError,
+    LoggerSpec,
+    OptimizerSpec,
+    RunSpec,
+    TrainSettings,
+    compile_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,9 @@ def plan(cfg: DictConfig) -> RunSpec:
         data_variant=str(cfg.data.variant),
         results_root=str(cfg.results_root),
         device=str(cfg.device),
-        allow_tf32=bool(cfg.allow_tf32),
+        allow_tf32=_flag(cfg, "allow_tf32", True),
+        cudnn_benchmark=_flag(cfg, "cudnn_benchmark", False),
+        deterministic=_flag(cfg, "deterministic", False),
         force=bool(cfg.force),
         logger=logger_spec(cfg.logger),
         role=str(cfg.get("role", "single")),
@@ -136,7 +146,15 @@ def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: st
         progress=str(t.progress),
         log_interval_s=float(t.log_interval_s),
         stop_at=None if t.get("stop_at") is None else int(t.stop_at),
+        compile=compile_mode(t.get("compile")),
     )
+
+
+def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def logger_spec(node: DictConfig) -> LoggerSpec:
@@ -233,7 +251,7 @@ def to_overrides(spec: RunSpec) -> list[str]:
     t = spec.train
     for key in ("num_steps", "eval_every", "eval_max_batches", "log_every", "divergence_factor",
                 "checkpoint_every", "keep_checkpoint", "progress", "log_interval_s",
-                "stop_at"):  # fmt: skip
+                "stop_at", "compile"):  # fmt: skip
         out.append(f"train.{key}={_value(getattr(t, key))}")
     out += [
         f"data.root={_value(pc.data_root)}",
@@ -242,6 +260,8 @@ def to_overrides(spec: RunSpec) -> list[str]:
         f"results_root={_value(spec.results_root)}",
         f"device={_value(spec.device)}",
         f"allow_tf32={_value(spec.allow_tf32)}",
+        f"cudnn_benchmark={_value(spec.cudnn_benchmark)}",
+        f"deterministic={_value(spec.deterministic)}",
         f"logger={spec.logger.name}",
         f"role={spec.role}",
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import checkpoint, files, parallel, store
+from . import backend, checkpoint, files, parallel, store
 from .data import problem_for, resolve_device
 from .environment import environment
 from .loggers import NoLogger, WandbLogger
@@ -91,13 +92,17 @@ def check_device(device: str) -> None:
 def _train_group(specs: list[RunSpec]) -> list[dict]:
     first = specs[0]
     device = resolve_device(first.device)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = first.allow_tf32
-        torch.backends.cudnn.allow_tf32 = first.allow_tf32
+    settings = backend.configure(
+        device=device,
+        allow_tf32=first.allow_tf32,
+        cudnn_benchmark=first.cudnn_benchmark,
+        deterministic=first.deterministic,
+    )
+    settings["compile"] = first.train.compile
     with problem_for(first, device) as problem:
         # Prepares and checks the data files (a DataError here leaves no run folder).
         fingerprint = problem.data_fingerprint()
-        with Session(specs, device, fingerprint) as session:
+        with Session(specs, device, fingerprint, settings) as session:
             return _train(problem, specs, session)
 
 
@@ -107,6 +112,8 @@ def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
     if len(specs) == 1:
         run = session.runs[0]
         model = problem.build_model(first.seed)
+        if first.train.compile is not None:
+            backend.compile_model(model, first.train.compile)
         optimizer = first.optimizer.build(model.parameters())
         scheduler = problem.lr_scheduler(optimizer)
         session.loggers = [make_logger(first, run)]
@@ -129,8 +136,10 @@ def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
 class Session:
     """One training session of one run or of a seed-parallel group (a context manager)."""
 
-    def __init__(self, specs: list[RunSpec], device: str, data_fingerprint: str | None = None):
+    def __init__(self, specs: list[RunSpec], device: str, data_fingerprint: str | None = None,
+                 backend: dict | None = None):  # fmt: skip
         self.specs, self.device, self.data_fingerprint = specs, device, data_fingerprint
+        self.backend = backend
         self.runs: list[RunDir] = [s.run_dir() for s in specs]
         self.loggers = []
         self.stop = lambda: False
@@ -141,9 +150,12 @@ class Session:
         try:
             for run in self.runs:  # one writer per run: a second copy stops here
                 self._stack.enter_context(files.RunLock(run.path))
-            self.record = {"start": _now(), "device": self.device, "status": "running"}
+            self.record = {"start": _now(), "device": self.device, "status": "running",
+                           "pid": os.getpid()}  # fmt: skip
             if self.data_fingerprint is not None:  # which bytes of data this session read
                 self.record["data_fingerprint"] = self.data_fingerprint
+            if self.backend is not None:  # TF32, cuDNN, determinism, compile: in effect
+                self.record["backend"] = self.backend
             if len(self.specs) > 1:
                 seeds = [s.seed for s in self.specs]
                 self.record.update(parallel_seeds=len(seeds), parallel_group=seeds)

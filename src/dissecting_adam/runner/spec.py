@@ -29,6 +29,24 @@ class ConfigError(ValueError):
 NOT_IDENTITY = ("data_root", "mirror", "device", "eval_batch_size")
 
 
+#: ``train.compile`` modes (torch.compile's); None: eager.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value) -> str | None:
+    """``train.compile``: false/null (eager), true (torch.compile's default mode) or a mode."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if value not in COMPILE_MODES:
+        raise ConfigError(
+            f"train.compile={value!r} is not a compile setting; use false, true or one of "
+            + ", ".join(COMPILE_MODES)
+        )
+    return str(value)
+
+
 def default_eval_every(num_steps: int, points: int = 50) -> int:
     """An interval giving about ``points`` evaluations per curve (plus step 0)."""
     return max(1, num_steps // max(1, points))
@@ -36,8 +54,8 @@ def default_eval_every(num_steps: int, points: int = 50) -> int:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a run is driven; the first six fields and ``stop_at`` change the recorded result,
-    the others not."""
+    """How a run is driven; the first six fields, ``stop_at`` and ``compile`` change the
+    recorded result, the others not."""
 
     num_steps: int
     eval_every: int
@@ -52,6 +70,9 @@ class TrainSettings:
     #: Stop after this many steps, keeping the checkpoint: the first part of the run of
     #: ``num_steps`` steps (same schedule), e.g. a step-size probe. None: the whole run.
     stop_at: int | None = None
+    #: Compile the model's forward and backward with torch.compile in this mode (None:
+    #: eager). Changes the float rounding, so it is part of the run's identity.
+    compile: str | None = None
 
     @property
     def end(self) -> int:
@@ -68,6 +89,11 @@ class TrainSettings:
             raise ValueError(f"eval_max_batches must be >= 1 or None, got {self.eval_max_batches}")
         if self.stop_at is not None and not 0 < self.stop_at <= self.num_steps:
             raise ValueError(f"stop_at must be in 1..num_steps or None, got {self.stop_at}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(
+                f"compile must be false, true or one of {', '.join(COMPILE_MODES)}, "
+                f"got {self.compile!r}"
+            )
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
 
@@ -142,7 +168,9 @@ class RunSpec:
     data_variant: str = "real"  # or "synthetic": generated stand-ins (tests, smoke checks)
     results_root: str = "results"
     device: str = "auto"  # resolved when the run starts: "auto" is CUDA if available
-    allow_tf32: bool = True
+    allow_tf32: bool = True  # TF32 matmuls/convolutions on CUDA
+    cudnn_benchmark: bool = False  # cuDNN picks the fastest algorithms by timing them
+    deterministic: bool = False  # deterministic algorithms only (bit-identical resume)
     force: bool = False
     logger: LoggerSpec = field(default_factory=LoggerSpec)
     role: str = "single"  # in the protocol: probe, search, replicate; single: on its own
@@ -181,6 +209,13 @@ class RunSpec:
             spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_at=stop_at))
         return dataclasses.replace(spec, **changes) if changes else spec
 
+    def __post_init__(self):
+        if self.deterministic and self.cudnn_benchmark:
+            raise ConfigError(
+                "deterministic=true and cudnn_benchmark=true contradict each other (autotuning "
+                "may pick non-deterministic algorithms); set one of them to false"
+            )
+
     # --- identity and record ------------------------------------------------------------
     def identity(self) -> dict:
         """Everything that can change the run's recorded result (and nothing else)."""
@@ -190,8 +225,13 @@ class RunSpec:
             if k not in NOT_IDENTITY
         }
         t = self.train
-        # Only a partial run records where it stops: whole runs keep their old identities.
-        stop = {} if t.stop_at is None else {"stop_at": t.stop_at}
+        # Settings added later enter only when not at their default, so that the runs
+        # recorded before keep their identities (a partial run records where it stops, a
+        # compiled run its mode, an fp32 run on CUDA that TF32 was off).
+        extra = {} if t.stop_at is None else {"stop_at": t.stop_at}
+        if t.compile is not None:
+            extra["compile"] = t.compile
+        numerics = {} if self.allow_tf32 else {"allow_tf32": False}
         return {
             "profile": self.profile,
             "problem": self.problem,
@@ -207,8 +247,9 @@ class RunSpec:
                 "eval_max_batches": t.eval_max_batches,
                 "log_every": t.log_every,
                 "divergence_factor": t.divergence_factor,
-                **stop,
+                **extra,
             },
+            **numerics,
         }
 
     def run_dir(self):
