@@ -20,7 +20,7 @@ import torch
 from torchvision.datasets.utils import calculate_md5
 
 from dissecting_adam import problems
-from dissecting_adam.problems.datasets import images, integrity, synthetic, tolstoi
+from dissecting_adam.problems.datasets import download, images, synthetic, tolstoi
 from dissecting_adam.problems.datasets.integrity import (
     MIRROR_ENV,
     ChecksumError,
@@ -178,7 +178,7 @@ def test_no_network_and_no_mirror_explains_staging_images(
     def offline(*args, **kwargs):
         raise URLError("no network")
 
-    monkeypatch.setattr(integrity, "_fetch_once", offline)
+    monkeypatch.setattr(download, "_fetch_once", offline)
     with pytest.raises(MissingDataError) as err:
         problems.load(name, data_root=str(tmp_path)).prepare()
     msg = str(err.value)

@@ -23,19 +23,17 @@ import pytest
 import torch
 
 from dissecting_adam import problems
-from dissecting_adam.problems.datasets import images, integrity, synthetic, tolstoi
+from dissecting_adam.problems.datasets import download, images, synthetic, tolstoi
+from dissecting_adam.problems.datasets.download import ATTEMPTS_ENV, TIMEOUT_ENV, download_url
 from dissecting_adam.problems.datasets.integrity import (
-    ATTEMPTS_ENV,
-    MANIFEST_NAME,
     MIRROR_ENV,
-    TIMEOUT_ENV,
     DataError,
     DataWarning,
     DownloadError,
     MissingDataError,
     RemoteFile,
-    download_url,
 )
+from dissecting_adam.problems.datasets.manifest import MANIFEST_NAME
 
 TEXT = "".join(
     f"Line {i}: Well, Prince, so Genoa and Lucca are now family estates.\n" for i in range(40)
@@ -49,7 +47,7 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(integrity, "DOWNLOAD_BACKOFF", 0.01)
+    monkeypatch.setattr(download, "DOWNLOAD_BACKOFF", 0.01)
 
 
 def md5(data: bytes) -> str:
@@ -227,10 +225,10 @@ def test_transient_failure_then_success(tmp_path):
 
 def test_progress_is_logged_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog):
     good = os.urandom(5000)
-    monkeypatch.setattr(integrity, "PROGRESS_MIN_BYTES", 1000)
-    monkeypatch.setattr(integrity, "PROGRESS_LOG_BYTES", 2000)
+    monkeypatch.setattr(download, "PROGRESS_MIN_BYTES", 1000)
+    monkeypatch.setattr(download, "PROGRESS_LOG_BYTES", 2000)
     with serve_files({"big.bin": good}) as (url, _):
-        with caplog.at_level(logging.INFO, logger=integrity.__name__):
+        with caplog.at_level(logging.INFO, logger=download.__name__):
             download_url(RemoteFile("big.bin", md5(good), f"{url}/big.bin"), tmp_path, timeout=2)
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith(f"Downloading {url}/big.bin") for line in lines)

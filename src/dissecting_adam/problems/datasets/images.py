@@ -1,7 +1,7 @@
 """Fashion-MNIST, CIFAR-10 and CIFAR-100 as uint8 tensors, read by torchvision's own code.
 
 The originals come from the mirror (verified, then copied) or are downloaded
-(``integrity.download_url``: timeouts, retries, md5) into the layout torchvision expects
+(``download.download_url``: timeouts, retries, md5) into the layout torchvision expects
 (``<root>/FashionMNIST/raw/*.gz``, ``<root>/cifar-10-python.tar.gz``). They are extracted
 here, and the extracted files are recorded in ``MANIFEST.json`` in their folder
 (``<root>/FashionMNIST/``, ``<root>/cifar-10-batches-py/``, ``<root>/cifar-100-python/``)
@@ -22,19 +22,18 @@ import numpy as np
 import torch
 from torchvision import datasets as tvd
 
+from .download import download_url
 from .integrity import (
     DataError,
-    Manifest,
     RemoteFile,
     atomic_write,
     check_cached,
     data_lock,
     download_failed,
-    download_url,
     resolve_mirror,
     stage_from_mirror,
-    verify_or_rebuild,
 )
+from .manifest import Manifest, verify_or_rebuild
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .download import download_url
 from .integrity import (
     ChecksumError,
     DataError,
-    Manifest,
     RemoteFile,
     check_cached,
     data_lock,
     download_failed,
-    download_url,
     resolve_mirror,
     stage_from_mirror,
-    verify_or_rebuild,
 )
+from .manifest import Manifest, verify_or_rebuild
 
 WAR_AND_PEACE = RemoteFile(
     "war-and-peace.txt",
