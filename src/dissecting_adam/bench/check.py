@@ -1,0 +1,116 @@
+"""The GPU check: seven timed sections in one wall-time budget, and their report.
+
+``run_check(cfg)`` sets the backend flags a run would use, runs the sections
+(``sections.run_sections``: each gets its share of ``cfg.budget_s``, a section that fails
+or runs out of time is recorded as such and the next one runs) and rewrites
+``report.json`` and ``report.md`` in ``cfg.out`` after every section.
+
+1. environment: machine, versions, and ``pytest -m cuda``;
+2. one optimizer step on WRN-40-4's shapes, every method against Adam (foreach, fused);
+3. one training step per problem, eager and compiled, with compile time and memory;
+4. the runner's overhead over a bare loop, eager and compiled;
+5. runs per hour: N runs at once (``Packed``) and K seeds as one run;
+6. a P1 run at the paper's budget, then as much of the P1 reproduction as fits;
+7. the whole paper protocol projected from the step times of section 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from ..runner import backend
+from ..runner.environment import cpu_model, environment
+from . import report
+from .check_measure import environment_section, optim_section, problems_section, runner_section
+from .check_runs import p1_section, packing_section, projection_section
+from .config import CheckConfig
+from .recommend import recommendations
+from .sections import Section, run_sections
+
+#: name, title, section, weight (share of the budget), floor (seconds).
+PLAN = (
+    ("environment", "Environment and CUDA tests", environment_section, 0.10, 10.0),
+    ("optimizer_step", "Optimizer step on WRN-40-4's shapes", optim_section, 0.14, 5.0),
+    ("problem_step", "One training step per problem", problems_section, 0.22, 5.0),
+    ("runner_overhead", "Runner overhead", runner_section, 0.06, 5.0),
+    ("runs_per_hour", "Runs per hour: packing and seed-parallel", packing_section, 0.20, 5.0),
+    ("p1_run", "A real P1 run and the P1 reproduction", p1_section, 0.25, 10.0),
+    ("projection", "Projection of the paper protocol", projection_section, 0.03, 10.0),
+)
+
+
+def sections(cfg: CheckConfig) -> list[Section]:
+    return [
+        Section(name, title, functools.partial(fn, cfg), weight, floor)
+        for name, title, fn, weight, floor in PLAN
+    ]
+
+
+def header(cfg: CheckConfig, settings: dict) -> dict:
+    env = environment(cfg.device)
+    name = env.get("device_name") or cpu_model()
+    s = cfg.sizes
+    tiny = (f"WRN-{s.wrn[0]}-{s.wrn[1]} shapes for the optimizer step, batches of "
+            f"{min(s.batch.values())}-{max(s.batch.values())} on generated data, "
+            f"{s.steps} timed steps, {s.optim_rounds} rounds, N up to {max(s.jobs)}, K up to "
+            f"{max(s.ks)}, the {s.profile} profile for P1") if cfg.tiny else "no"  # fmt: skip
+    facts = {
+        "device": f"{cfg.device} ({name})",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": env["git_commit"],
+        "git_dirty": env["git_dirty"],
+        "torch": env["torch"],
+        "cuda": env["cuda"],
+        "torch_cpu_threads": env["torch_threads"],
+        "budget_s": cfg.budget_s,
+        "tiny": tiny,
+        "compile_modes": ", ".join(cfg.compile_modes),
+        "backend": ", ".join(f"{k}={v}" for k, v in settings.items()),
+    }
+    kind = "tiny check (not a measurement)" if cfg.tiny else "check"
+    return {
+        "title": f"GPU check: {cfg.device} {kind}",
+        "tiny": cfg.tiny,
+        "tiny_note": cfg.note,
+        "facts": facts,
+    }
+
+
+def document(head: dict, records: list[dict], shared: dict) -> dict:
+    runs = next((r.get("data", {}) for r in records if r["name"] == "runs_per_hour"), {})
+    recs = recommendations(shared, runs)
+    if head["tiny"]:
+        recs["lines"] = [f"(tiny check, not a recommendation) {line}" for line in recs["lines"]]
+    return {"header": head, "sections": records, "recommendations": recs}
+
+
+def run_check(cfg: CheckConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run every section within ``cfg.budget_s`` (about); return the report's document."""
+    settings = backend.configure(
+        device=cfg.device, allow_tf32=True, cudnn_benchmark=cfg.cudnn_benchmark, deterministic=False
+    )
+    head = header(cfg, settings)
+    shared: dict = {}
+    prefix = "gpu_check [tiny check, not a measurement]" if cfg.tiny else "gpu_check"
+    t0 = time.perf_counter()
+    echo(f"{prefix}: {cfg.device}, budget {cfg.budget_s:.0f} s, report in {cfg.out}")
+
+    def update(records: list[dict]) -> None:
+        report.write(cfg.out, document(head, records, shared))
+        done = [r for r in records if "seconds" in r]
+        if done:
+            r = done[-1]
+            echo(
+                f"{prefix}: {len(done)}/{len(records)} {r['title']}: {r['status']} "
+                f"({r['seconds']:.1f} s of a {r['share_s']:.1f} s share; "
+                f"{time.perf_counter() - t0:.0f} s in all)"
+            )
+
+    records = run_sections(sections(cfg), cfg.budget_s, shared, update)
+    doc = document(head, records, shared)
+    for line in doc["recommendations"]["lines"]:
+        echo(f"{prefix}: recommendation: {line}")
+    return doc

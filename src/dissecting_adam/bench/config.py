@@ -1,0 +1,106 @@
+"""What the GPU check measures, and how much of it: the full sizes and the tiny ones."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section measures."""
+
+    wrn: tuple[int, int]  # depth, widening factor of the optimizer step's parameter shapes
+    optim_rounds: int
+    reference_rounds: int
+    steps: int  # timed training steps per problem and mode
+    warmup: int
+    batch: dict = field(default_factory=dict)  # problem -> batch size (tiny); else the paper's
+    stand_in: str = "shapes"  # generated data: "shapes" (the real ones) or "small"
+    # The quick compiles first: WRN-40-4 is the slowest to compile.
+    compile_problems: tuple[str, ...] = (
+        "fmnist_2c2d",
+        "cifar10_3c3d",
+        "tolstoi_char_rnn",
+        "cifar100_wrn404",
+    )
+    runner_problems: tuple[str, ...] = ("fmnist_2c2d", "tolstoi_char_rnn")
+    runner_steps: int = 100
+    runner_repeats: int = 3
+    jobs: tuple[int, ...] = (1, 2, 4, 8)  # jobs_per_device
+    runs_per_job: int = 2
+    pack_steps: dict = field(default_factory=lambda: {"fmnist_2c2d": 300, "cifar10_3c3d": 200})
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # parallel_seeds
+    seed_steps: int = 30
+    profile: str = "paper"  # of the P1 run and the reproduction
+    reproduce_s: float | None = None  # at most this long for the reproduction (None: the rest)
+
+
+FULL = Sizes(wrn=(40, 4), optim_rounds=40, reference_rounds=3, steps=30, warmup=5)
+
+TINY = Sizes(
+    wrn=(16, 1),
+    optim_rounds=3,
+    reference_rounds=1,
+    steps=2,
+    warmup=1,
+    batch={"fmnist_2c2d": 8, "cifar10_3c3d": 8, "cifar100_wrn404": 2, "tolstoi_char_rnn": 4},
+    stand_in="small",
+    compile_problems=("fmnist_2c2d",),
+    runner_problems=("fmnist_2c2d",),
+    runner_steps=5,
+    runner_repeats=2,
+    jobs=(1, 2),
+    runs_per_job=1,
+    pack_steps={"fmnist_2c2d": 3, "cifar10_3c3d": 3},
+    ks=(1, 2),
+    seed_steps=2,
+    profile="smoke",
+    reproduce_s=15.0,
+)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One check: the device, the sizes, where things are and where the report goes.
+
+    ``root`` is the checkout (``tests/``, ``conf/``, ``scripts/``): the calling script
+    gives it, nothing is located relative to the installed package. ``reproduction``
+    builds the paper protocol's ``driver.Reproduction`` and ``planner(pairs, overrides)``
+    composes RunSpecs (``runner.plan.plan_pairs``); the script gives both, since composing
+    a config needs Hydra, which stays in scripts and ``runner.plan``.
+    """
+
+    device: str
+    tiny: bool
+    out: Path
+    root: Path
+    budget_s: float
+    data_root: str = "data"
+    mirror: str | None = None
+    compile_modes: tuple[str, ...] = ("default",)
+    cudnn_benchmark: bool = False  # as a run's default
+    p1_lr: float = 0.1
+    python: str = sys.executable
+    reproduction: Callable | None = None
+    planner: Callable | None = None
+
+    @property
+    def sizes(self) -> Sizes:
+        return TINY if self.tiny else FULL
+
+    @property
+    def note(self) -> str | None:
+        if not self.tiny:
+            return None
+        return (
+            f"Tiny {self.device.upper()} self-check: tiny sizes on generated data, so that "
+            "the check cannot rot. These numbers are not measurements."
+        )
+
+    def data_overrides(self) -> list[str]:
+        """Where runs started by the check find their data."""
+        out = [f"data.root={self.data_root}"]
+        return out + ([f"data.mirror={self.mirror}"] if self.mirror else [])

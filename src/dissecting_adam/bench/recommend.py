@@ -1,0 +1,76 @@
+"""What the GPU check's measurements recommend, per problem: compile or not, how many runs
+at once on a device (``jobs_per_device``), and how many seeds per run (``parallel_seeds``).
+
+Pure functions of the sections' numbers; each choice names the numbers it rests on.
+"""
+
+from __future__ import annotations
+
+from ..problems import PROBLEMS
+
+#: A compiled step must be at least this much faster than an eager one to be worth it.
+MIN_SPEED_UP = 1.05
+
+
+def compile_choice(eager: dict, compiled: dict) -> dict[str, str | None]:
+    """Per problem with a compiled timing: the mode that saves the most time over a paper
+    run (steady-state saving x the problem's step budget - compile time), or None (eager)
+    when no mode is ``MIN_SPEED_UP`` faster and pays for its compilation."""
+    out = {}
+    for name, modes in compiled.items():
+        steps = PROBLEMS[name].Config().num_steps
+        saving = {
+            mode: (eager[name]["step"] - t["step"]) * steps - t["compile_s"]
+            for mode, t in modes.items()
+            if eager[name]["step"] / t["step"] >= MIN_SPEED_UP
+        }
+        best = max(saving, key=saving.get, default=None)
+        out[name] = best if best is not None and saving[best] > 0 else None
+    return out
+
+
+def best_by(rows: list[dict], key: str) -> dict[str, dict]:
+    """Per problem, its row with the largest ``key``."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        best = out.get(row["problem"])
+        if row.get(key) is not None and (best is None or row[key] > best[key]):
+            out[row["problem"]] = row
+    return out
+
+
+def recommendations(shared: dict, data: dict) -> dict:
+    """The choices (``compile``, ``jobs_per_device``, ``parallel_seeds``) and one line each.
+
+    ``shared``: the sections' shared numbers (eager and compiled step times); ``data``: the
+    packing section's data (``packing`` and ``seed_parallel`` rows)."""
+    eager, compiled = shared.get("step", {}), shared.get("compiled", {})
+    choice = compile_choice(eager, compiled)
+    lines = []
+    for name, mode in choice.items():
+        steps = PROBLEMS[name].Config().num_steps
+        parts = ", ".join(
+            f"{m}: x{eager[name]['step'] / t['step']:.2f} steady, compile {t['compile_s']:.1f} s"
+            for m, t in compiled[name].items()
+        )
+        verdict = f"`train.compile={mode}`" if mode else "eager (`train.compile=false`)"
+        lines.append(f"{name}: {verdict} ({parts}; over {steps:,} steps)")
+    jobs = best_by(data.get("packing", []), "runs_per_hour")
+    for name, best in jobs.items():
+        ratio = f", x{best['vs_1_job']:.2f} one job's" if best.get("vs_1_job") else ""
+        lines.append(
+            f"{name}: `jobs_per_device={best['jobs_per_device']}` ({best['runs_per_hour']:.0f} "
+            f"short runs/hour{ratio}, the most measured)"
+        )
+    seeds = best_by(data.get("seed_parallel", []), "speed_up")
+    for name, best in seeds.items():
+        lines.append(
+            f"{name}: `parallel_seeds={best['K']}` (x{best['speed_up']:.2f} per "
+            "seed-step over single runs, the most measured)"
+        )
+    return {
+        "compile": choice,
+        "jobs_per_device": {n: b["jobs_per_device"] for n, b in jobs.items()},
+        "parallel_seeds": {n: b["K"] for n, b in seeds.items()},
+        "lines": lines,
+    }

@@ -1,0 +1,282 @@
+"""The GPU check (``scripts/gpu_check.py``): its CPU self-check end to end, the one-line
+refusal without CUDA, the section runner (failures, budget stops, incremental reports) and
+the projection of the paper protocol that it shares with ``scripts/reproduce.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import load_script
+
+from dissecting_adam.bench import report
+from dissecting_adam.bench.check_measure import pytest_counts
+from dissecting_adam.bench.recommend import best_by, compile_choice
+from dissecting_adam.bench.sections import FAILED, INTERRUPTED, OK, STOPPED, Section, run_sections
+from dissecting_adam.protocol import estimate as estimate_mod
+from dissecting_adam.protocol.estimate import project, projection
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+SECTIONS = ["environment", "optimizer_step", "problem_step", "runner_overhead",
+            "runs_per_hour", "p1_run", "projection"]  # fmt: skip
+
+
+def strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# --- the CPU self-check, end to end ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_check(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--budget-s", "150",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=240,
+    )  # fmt: skip
+    return proc, out, time.perf_counter() - t0
+
+
+def test_tiny_check_writes_both_reports(tiny_check):
+    proc, out, took = tiny_check
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert took < 200  # about 75 s on the 2-core development machine
+    doc = strict_json((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert [s["name"] for s in doc["sections"]] == SECTIONS
+    for s in doc["sections"]:
+        assert s["status"] in (OK, STOPPED), (s["name"], s.get("error"))
+        assert s["title"] in md
+    assert "not a measurement" in md and doc["header"]["tiny"] is True
+    assert "not a measurement" in proc.stdout
+    assert "## Recommendations" in md
+
+
+def _rows(doc: dict, section: str, table: int) -> list[dict]:
+    sec = next(s for s in doc["sections"] if s["name"] == section)
+    return sec["tables"][table]["rows"]
+
+
+@pytest.mark.parametrize(
+    "section, table, column, least_rows",
+    [
+        ("optimizer_step", 0, "median_ms", 15),  # every method foreach and fused, and Adam
+        ("optimizer_step", 0, "vs_adam_fused", 15),
+        ("optimizer_step", 0, "vs_adam_foreach", 15),
+        ("optimizer_step", 1, "seconds", 1),  # the C kernel's build
+        ("problem_step", 0, "step_ms", 4),  # all four problems, eager
+        ("problem_step", 0, "fwd_bwd_ms", 4),
+        ("problem_step", 1, "compile_s", 1),  # P1 compiled
+        ("problem_step", 1, "speed_up", 1),
+        ("runner_overhead", 0, "bare_ms", 1),
+        ("runner_overhead", 0, "runner_ms", 1),
+        ("runner_overhead", 1, "seconds", 2),  # an evaluation pass of each split
+        ("runs_per_hour", 0, "runs_per_hour", 1),
+        ("p1_run", 0, "wall_s", 1),
+        ("projection", 0, "hours", 4),
+    ],
+)  # fmt: skip
+def test_tiny_check_has_the_promised_numbers(tiny_check, section, table, column, least_rows):
+    _, out, _ = tiny_check
+    rows = _rows(strict_json((out / "report.json").read_text()), section, table)
+    values = [row[column] for row in rows if row.get(column) is not None]
+    assert len(values) >= least_rows, rows
+    assert all(v >= 0 for v in values) and any(v > 0 for v in values), values
+
+
+def test_tiny_check_labels_generated_data_and_the_p1_run(tiny_check):
+    _, out, _ = tiny_check
+    doc = strict_json((out / "report.json").read_text())
+    assert all(r["data"] == "generated data (timing only)" for r in _rows(doc, "problem_step", 0))
+    (p1,) = _rows(doc, "p1_run", 0)
+    assert p1["status"] == "completed" and p1["steps"] == 10 and p1["exit_status"] == 0
+    assert "generated data (timing only)" in (out / "report.md").read_text()
+
+
+def test_without_cuda_one_line_and_status_2(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA device here")
+    assert "--device cpu --tiny" in lines[0]
+    assert not (tmp_path / "report.md").exists()
+
+
+# --- the section runner ---------------------------------------------------------------
+def _ok(ctx):
+    ctx.table("numbers", [{"x": 1.5}])
+
+
+def _fails(ctx):
+    raise ValueError("broken on purpose")
+
+
+def _polls(ctx):  # stops itself when its share is spent
+    while not ctx.out_of_time():
+        time.sleep(0.01)
+
+
+def _ignores(ctx):  # overruns: the alarm stops it
+    ctx.table("partial", rows := [])
+    for i in range(1000):
+        rows.append({"i": i})
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [(_ok, OK), (_fails, FAILED), (_polls, STOPPED), (_ignores, STOPPED)],
+)
+def test_a_section_is_recorded_and_the_next_one_runs(body, status):
+    after = []
+    sections = [Section("first", "First", body, weight=1.0, floor_s=0.0),
+                Section("second", "Second", lambda ctx: after.append(1), floor_s=0.0)]  # fmt: skip
+    t0 = time.perf_counter()
+    records = run_sections(sections, budget_s=0.4, grace=lambda share: 0.2)
+    assert time.perf_counter() - t0 < 3
+    assert [r["status"] for r in records] == [status, OK] and after == [1]
+    if status == FAILED:
+        assert "ValueError: broken on purpose" in records[0]["error"]["error"]
+        assert any("_fails" in frame for frame in records[0]["error"]["traceback"])
+    if body is _ignores:  # what it measured before the stop is kept
+        assert records[0]["tables"][0]["rows"] and records[0]["tables"][0]["columns"] == ["i"]
+
+
+def test_the_report_is_written_after_every_section(tmp_path):
+    seen = []
+
+    def reads_report(ctx):
+        seen.append(strict_json((tmp_path / "report.json").read_text()))
+
+    def write(records):
+        report.write(tmp_path, {"header": {"title": "t", "facts": {}}, "sections": records})
+
+    sections = [Section("a", "A", _fails), Section("b", "B", reads_report)]
+    run_sections(sections, budget_s=10, on_update=write)
+    (before,) = seen
+    assert [s["status"] for s in before["sections"]] == [FAILED, "not run yet"]
+    assert "## 1. A: failed" in (tmp_path / "report.md").read_text()
+
+
+def test_an_interrupt_is_recorded_then_raised():
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    updates = []
+    sections = [Section("a", "A", _ok), Section("b", "B", interrupted), Section("c", "C", _ok)]
+    with pytest.raises(KeyboardInterrupt):
+        run_sections(sections, budget_s=10, on_update=lambda r: updates.append(list(r)))
+    assert [r["status"] for r in updates[-1]] == [OK, INTERRUPTED, "not run yet"]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(float("nan"), None), (float("inf"), None), (1.5, 1.5), ((1, 2), [1, 2]),
+     ({"a": [float("-inf")]}, {"a": [None]}), (Path("x"), "x")],
+)  # fmt: skip
+def test_report_json_is_strict(value, expected):
+    assert strict_json(report.to_json({"v": value})) == {"v": expected}
+
+
+@pytest.mark.parametrize(
+    "output, counts",
+    [
+        ("sss\n3 skipped, 10 deselected in 2.1s\n", {"skipped": 3, "passed": 0}),
+        ("..F\nFAILED t.py::x\n2 passed, 1 failed in 3.0s\n", {"passed": 2, "failed": 1}),
+        ("..s.F  [ 40%]\n", {"passed": 3, "skipped": 1, "failed": 1}),  # stopped half-way
+    ],
+)
+def test_pytest_counts(output, counts):
+    found = pytest_counts(output)
+    assert {k: found[k] for k in counts} == counts
+
+
+# --- the projection (shared with scripts/reproduce.py) --------------------------------
+def fake_reproduction(methods_per_example, budget, points, seeds, frac, problems=("p",)):
+    def spec(per_example):
+        method = SimpleNamespace(per_example=per_example)
+        return SimpleNamespace(num_steps=budget, optimizer=SimpleNamespace(method=method))
+
+    base = {(p, f"m{i}"): spec(mb) for p in problems for i, mb in enumerate(methods_per_example)}
+    search = SimpleNamespace(replicate_seeds=tuple(range(seeds)), probe_fraction=frac,
+                             points=points)  # fmt: skip
+    return SimpleNamespace(pairs=list(base), base=base, search=search)
+
+
+@pytest.mark.parametrize(
+    "methods, budget, points, seeds, frac, step, mb_step, runs, hours",
+    [
+        # 4 methods x 0.01 s x 6,000 steps x (4 + 10 + 3 x 0.1) runs = 3,432 s
+        ([False] * 4, 6000, 4, 10, 0.1, 0.01, None, 56, "~0.95 h"),
+        # (0.01 + 0.03) s x 1,000 x (2 + 3 + 3 x 1) = 320 s; probe_fraction capped at 1
+        ([False, True], 1000, 2, 3, 2.0, 0.01, 0.03, 10, "~0.09 h"),
+        ([False], 200_000, 4, 10, 0.1, 0.036, None, 14, "~28.60 h"),  # 102,960 s
+    ],
+)  # fmt: skip
+def test_projection_hours(methods, budget, points, seeds, frac, step, mb_step, runs, hours):
+    r = fake_reproduction(methods, budget, points, seeds, frac)
+    (row,) = projection(r, {"p": step}, {"p": mb_step} if mb_step else None)
+    assert row["runs"] == runs and row["probes"] == 3 * len(methods)
+    text = project(r, {"p": step}, {"p": mb_step} if mb_step else None)
+    assert text.splitlines()[0].endswith(hours) and f"total: {hours}" in text
+
+
+def test_projection_names_untimed_problems_and_needs_per_example_times():
+    r = fake_reproduction([False], 1000, 1, 1, 0.0, problems=("a", "b"))
+    text = project(r, {"a": 0.36})
+    assert "  b: no step time" in text and "total: ~0.20 h" in text  # 0.36 s x 2,000 steps
+    with pytest.raises(ValueError, match="per-example"):
+        projection(fake_reproduction([True], 10, 1, 1, 0.0), {"p": 0.1})
+
+
+def test_estimate_times_steps_then_projects(monkeypatch):
+    r = fake_reproduction([False, True], 1000, 2, 3, 0.5)
+    for spec in r.base.values():
+        spec.data_variant = "synthetic"
+    monkeypatch.setattr(estimate_mod, "problem_for", lambda spec: contextlib.nullcontext())
+    timed = lambda problem, steps, per_example: 0.05 if per_example else 0.02  # noqa: E731
+    monkeypatch.setattr(estimate_mod, "time_backward", timed)
+    assert estimate_mod.estimate(r, 3) == project(r, {"p": 0.02}, {"p": 0.05})
+
+
+# --- recommendations and the bench scripts ---------------------------------------------
+@pytest.mark.parametrize(
+    "eager_s, compiled_s, compile_s, choice",
+    [
+        (0.010, 0.005, 20.0, "default"),  # saves 5 ms x 6,000 steps = 30 s > 20 s
+        (0.010, 0.005, 40.0, None),  # the compile costs more than it saves
+        (0.010, 0.0098, 0.0, None),  # x1.02: below MIN_SPEED_UP
+    ],
+)
+def test_compile_choice(eager_s, compiled_s, compile_s, choice):
+    eager = {"fmnist_2c2d": {"step": eager_s}}
+    compiled = {"fmnist_2c2d": {"default": {"step": compiled_s, "compile_s": compile_s}}}
+    assert compile_choice(eager, compiled) == {"fmnist_2c2d": choice}
+
+
+def test_best_by_keeps_the_best_row_per_problem():
+    rows = [{"problem": "a", "n": 1, "v": 2.0}, {"problem": "a", "n": 2, "v": 3.0},
+            {"problem": "a", "n": 4, "error": "x"}, {"problem": "b", "n": 1, "v": 1.0}]  # fmt: skip
+    assert {k: r["n"] for k, r in best_by(rows, "v").items()} == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize(
+    "name", ["bench_optim", "bench_problems", "bench_runner", "bench_parallel", "gpu_check"]
+)
+def test_bench_scripts_import(name):
+    assert callable(load_script(name).main)
