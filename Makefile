@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core, at most four (each holds a torch).
+TEST_JOBS ?= auto
 PROBLEMS ?= all
 PROFILE ?= paper
 LAUNCHER ?= basic
@@ -25,8 +27,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-test: install ## Run the fast test suite (CPU, a few minutes)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test: install ## Run the fast test suite (CPU, a few minutes; TEST_JOBS=1 for one process)
+	$(PY) -m pytest -m "not slow" -n $(TEST_JOBS) --maxprocesses=4 $(PYTEST_ARGS)
 
 test-all: install ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)

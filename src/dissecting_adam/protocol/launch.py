@@ -92,9 +92,12 @@ class Packed:
     devices: tuple[str, ...] = ("auto",)
     parallel_seeds: int = 1
 
-    def jobs(self, problem: str) -> int:
+    def jobs(self, problem: str, device: str | None = None) -> int:
+        """Runs of ``problem`` at once on ``device``; on the CPU at most one per core (more
+        would only share the same cores)."""
         n = self.jobs_per_device
-        return int(n.get(problem, 1) if isinstance(n, Mapping) else n)
+        n = int(n.get(problem, 1) if isinstance(n, Mapping) else n)
+        return min(n, os.cpu_count() or 1) if device == "cpu" else n
 
     def resolved_devices(self) -> list[str]:
         out = []
@@ -112,9 +115,9 @@ class Packed:
         if not tasks:
             return
         devices = self.resolved_devices()
-        width = max(self.jobs(t[0][0].problem) for t in tasks)
-        on_cpu = sum(width for d in devices if d == "cpu")
-        threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else None
+        width = max(self.jobs(t[0][0].problem, d) for t in tasks for d in devices)
+        on_cpu = max((self.jobs(t[0][0].problem, "cpu") for t in tasks), default=0)
+        threads = max(1, (os.cpu_count() or 1) // on_cpu) if "cpu" in devices else None
         load = dict.fromkeys(devices, 0)
         pending, running, errors = list(tasks), {}, []
         context = multiprocessing.get_context("spawn")
@@ -122,7 +125,8 @@ class Packed:
             try:
                 while pending or running:
                     for task in list(pending):  # start what fits, in order
-                        free = [d for d in devices if load[d] < self.jobs(task[0][0].problem)]
+                        problem = task[0][0].problem
+                        free = [d for d in devices if load[d] < self.jobs(problem, d)]
                         if free:
                             device = min(free, key=load.get)
                             load[device] += 1
