@@ -18,7 +18,7 @@ from conftest import load_script
 
 from dissecting_adam.bench import report
 from dissecting_adam.bench.check_measure import pytest_counts
-from dissecting_adam.bench.recommend import best_by, compile_choice
+from dissecting_adam.bench.recommend import best_by, compile_choice, loss_difference
 from dissecting_adam.bench.sections import FAILED, INTERRUPTED, OK, STOPPED, Section, run_sections
 from dissecting_adam.protocol import estimate as estimate_mod
 from dissecting_adam.protocol.estimate import project, projection
@@ -95,6 +95,12 @@ def test_tiny_check_has_the_promised_numbers(tiny_check, section, table, column,
     values = [row[column] for row in rows if row.get(column) is not None]
     assert len(values) >= least_rows, rows
     assert all(v >= 0 for v in values) and any(v > 0 for v in values), values
+
+
+def test_tiny_check_compares_the_compiled_first_loss_with_eager(tiny_check):
+    _, out, _ = tiny_check
+    (row,) = _rows(strict_json((out / "report.json").read_text()), "problem_step", 1)
+    assert row["loss_rel_diff"] is not None and row["loss_rel_diff"] <= 1e-5  # CPU: 5e-8
 
 
 def test_tiny_check_labels_generated_data_and_the_p1_run(tiny_check):
@@ -256,17 +262,19 @@ def test_estimate_times_steps_then_projects(monkeypatch):
 
 # --- recommendations and the bench scripts ---------------------------------------------
 @pytest.mark.parametrize(
-    "eager_s, compiled_s, compile_s, choice",
+    "eager_s, compiled_s, compile_s, compiled_loss, choice",
     [
-        (0.010, 0.005, 20.0, "default"),  # saves 5 ms x 6,000 steps = 30 s > 20 s
-        (0.010, 0.005, 40.0, None),  # the compile costs more than it saves
-        (0.010, 0.0098, 0.0, None),  # x1.02: below MIN_SPEED_UP
+        (0.010, 0.005, 20.0, 2.3, "default"),  # saves 5 ms x 6,000 steps = 30 s > 20 s
+        (0.010, 0.005, 40.0, 2.3, None),  # the compile costs more than it saves
+        (0.010, 0.0098, 0.0, 2.3, None),  # x1.02: below MIN_SPEED_UP
+        (0.010, 0.005, 20.0, 2.31, None),  # first loss 4e-3 from eager: not the same maths
     ],
 )
-def test_compile_choice(eager_s, compiled_s, compile_s, choice):
-    eager = {"fmnist_2c2d": {"step": eager_s}}
-    compiled = {"fmnist_2c2d": {"default": {"step": compiled_s, "compile_s": compile_s}}}
-    assert compile_choice(eager, compiled) == {"fmnist_2c2d": choice}
+def test_compile_choice(eager_s, compiled_s, compile_s, compiled_loss, choice):
+    eager = {"fmnist_2c2d": {"step": eager_s, "first_loss": 2.3}}
+    compiled = {"step": compiled_s, "compile_s": compile_s, "first_loss": compiled_loss}
+    compiled["loss_rel_diff"] = loss_difference(eager["fmnist_2c2d"], compiled)
+    assert compile_choice(eager, {"fmnist_2c2d": {"default": compiled}}) == {"fmnist_2c2d": choice}
 
 
 def test_best_by_keeps_the_best_row_per_problem():

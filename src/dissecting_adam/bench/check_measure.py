@@ -21,6 +21,7 @@ from .data import load_for_timing
 from .optim_step import bench, ratios, wrn_param_shapes
 from .problem_step import step_times
 from .process import run_until
+from .recommend import loss_difference
 from .runner_overhead import evaluation_seconds, overhead
 from .sections import Context
 from .timing import Deadline
@@ -186,9 +187,11 @@ def problems_section(cfg: CheckConfig, ctx: Context) -> None:
             except Exception as err:
                 crows.append({"problem": name, "mode": mode, "error": _error(err)})
                 continue
+            t["loss_rel_diff"] = loss_difference(eager[name], t)
             compiled.setdefault(name, {})[mode] = t
             crows.append({"problem": name, "mode": mode,
                           "speed_up": eager[name]["step"] / t["step"],
+                          "loss_rel_diff": t["loss_rel_diff"],
                           "compile_s": t["compile_s"], "warmup_s": t["warmup_s"],
                           **_step_row(name, problems[name], labels[name], t)})  # fmt: skip
 

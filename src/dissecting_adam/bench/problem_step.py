@@ -29,10 +29,11 @@ def step_times(
     deadline: Deadline = NEVER,
 ) -> dict:
     """Median seconds of each part (``PARTS``) and their sum ``step``; ``first_step`` and
-    ``warmup_s`` (all warm-up steps; recompilations happen there), ``compile_s`` (compiled
-    only), ``measured`` (steps timed: fewer than ``steps`` when
-    ``deadline`` passed, at least one) and ``peak_memory_mib`` (CUDA; None on the CPU; the
-    resident data set included)."""
+    ``warmup_s`` (all warm-up steps; recompilations happen there), ``first_loss`` (the
+    loss of the first step: the same weights and batch whether compiled or not, so the two
+    can be compared), ``compile_s`` (compiled only), ``measured`` (steps timed: fewer than
+    ``steps`` when ``deadline`` passed, at least one) and ``peak_memory_mib`` (CUDA; None
+    on the CPU; the resident data set included)."""
     torch.manual_seed(0)
     reset_peak_memory(device)
     model = problem.build_model(0)
@@ -50,12 +51,15 @@ def step_times(
 
         def fwd_bwd(batch=batch):
             opt.zero_grad(set_to_none=True)
-            problem.training_loss(model, batch).backward()
+            loss = problem.training_loss(model, batch)
+            loss.backward()
+            return loss
 
-        _, t_model = timed(fwd_bwd, device)
+        loss, t_model = timed(fwd_bwd, device)
         _, t_opt = timed(opt.step, device)
         if i == 0:
             first = t_in + t_model + t_opt
+            first_loss = loss.item()  # same weights and batch eager or compiled: compare
         if i < warmup:
             warm += t_in + t_model + t_opt
         else:
@@ -65,6 +69,7 @@ def step_times(
     out["step"] = sum(out[part] for part in PARTS) if times["input"] else None
     out.update(
         first_step=first,
+        first_loss=first_loss,
         warmup_s=warm,
         measured=len(times["input"]),
         peak_memory_mib=peak_memory_mib(device),

@@ -10,12 +10,25 @@ from ..problems import PROBLEMS
 
 #: A compiled step must be at least this much faster than an eager one to be worth it.
 MIN_SPEED_UP = 1.05
+#: ... and its first loss (the same weights and batch) within this of the eager one. On the
+#: CPU the two agree to 5e-8 (tests/test_backend.py); TF32 on a GPU rounds matmul inputs to
+#: 10 bits, and two kernels that round differently may then differ by about 1e-4.
+MAX_LOSS_DIFF = 1e-3
+
+
+def loss_difference(eager: dict, compiled: dict) -> float | None:
+    """|compiled - eager| / |eager| of the first step's loss (same weights, same batch)."""
+    a, b = compiled.get("first_loss"), eager.get("first_loss")
+    if a is None or b is None:
+        return None
+    return abs(a - b) / max(abs(b), 1e-12)
 
 
 def compile_choice(eager: dict, compiled: dict) -> dict[str, str | None]:
     """Per problem with a compiled timing: the mode that saves the most time over a paper
     run (steady-state saving x the problem's step budget - compile time), or None (eager)
-    when no mode is ``MIN_SPEED_UP`` faster and pays for its compilation."""
+    when no mode is ``MIN_SPEED_UP`` faster, pays for its compilation and computes the
+    first loss within ``MAX_LOSS_DIFF`` of eager."""
     out = {}
     for name, modes in compiled.items():
         steps = PROBLEMS[name].Config().num_steps
@@ -23,6 +36,7 @@ def compile_choice(eager: dict, compiled: dict) -> dict[str, str | None]:
             mode: (eager[name]["step"] - t["step"]) * steps - t["compile_s"]
             for mode, t in modes.items()
             if eager[name]["step"] / t["step"] >= MIN_SPEED_UP
+            and (t.get("loss_rel_diff") or 0.0) <= MAX_LOSS_DIFF
         }
         best = max(saving, key=saving.get, default=None)
         out[name] = best if best is not None and saving[best] > 0 else None
@@ -51,6 +65,11 @@ def recommendations(shared: dict, data: dict) -> dict:
         steps = PROBLEMS[name].Config().num_steps
         parts = ", ".join(
             f"{m}: x{eager[name]['step'] / t['step']:.2f} steady, compile {t['compile_s']:.1f} s"
+            + (
+                f", first loss {t['loss_rel_diff']:.1e} from eager"
+                if t.get("loss_rel_diff") is not None
+                else ""
+            )
             for m, t in compiled[name].items()
         )
         verdict = f"`train.compile={mode}`" if mode else "eager (`train.compile=false`)"
