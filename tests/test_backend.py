@@ -220,3 +220,33 @@ def test_packed_jobs_per_device_is_checked(tmp_path):
     launch = reproduce.packed(cfg)
     assert launch.jobs("cifar100_wrn404") == 1 and launch.jobs("fmnist_2c2d") >= 1
     assert launch.resolved_devices()[0] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
+def test_a_compiled_run_resumes_to_the_same_record(tmp_path, monkeypatch):
+    """Checkpoints of a compiled model are those of the eager one (same keys), and a
+    compiled run interrupted after a checkpoint resumes to the record of one that was not:
+    bit for bit on the CPU, where inductor's kernels are deterministic."""
+    from dissecting_adam.runner import checkpoint
+
+    args = ["train.num_steps=12", "train.checkpoint_every=4", "train.compile=true",
+            "optimizer.lr=0.01", "problem.batch_size=8"]  # fmt: skip
+    whole = session.execute(spec_of(tmp_path / "whole", *args))
+    real_save, calls = checkpoint.save, []
+
+    def save_then_interrupt(*a, **kw):
+        real_save(*a, **kw)
+        calls.append(kw["step"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    cut = spec_of(tmp_path / "cut", *args)
+    with pytest.raises(KeyboardInterrupt):
+        session.execute(cut)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    resumed = session.execute(cut)
+    assert resumed["status"] == "completed" and not resumed["skipped"]
+    a = Path(whole["run_dir"], "metrics.jsonl").read_bytes()
+    assert Path(resumed["run_dir"], "metrics.jsonl").read_bytes() == a
+    assert [s["resumed"] for s in _sessions(resumed)] == [False, True]
