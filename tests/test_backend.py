@@ -111,6 +111,7 @@ def test_compiled_model_keeps_its_state_dict_keys():
     [
         ("train.compile=reduce-overhead", ("train", "compile")),
         ("allow_tf32=false", ("allow_tf32",)),
+        ("flush_denormal=true", ("flush_denormal",)),
     ],
 )
 def test_numerics_settings_enter_the_identity_only_when_not_default(tmp_path, override, key):
@@ -118,8 +119,9 @@ def test_numerics_settings_enter_the_identity_only_when_not_default(tmp_path, ov
     assert default.run_dir().path != changed.run_dir().path
     ident = changed.identity()
     value = ident[key[0]] if len(key) == 1 else ident[key[0]][key[1]]
-    assert value in ("reduce-overhead", False)
-    assert "allow_tf32" not in default.identity() and "compile" not in default.identity()["train"]
+    assert value == {"train": "reduce-overhead", "allow_tf32": False}.get(key[0], True)
+    assert not {"allow_tf32", "flush_denormal"} & set(default.identity())
+    assert "compile" not in default.identity()["train"]
 
 
 def test_speed_settings_are_recorded_not_identity(tmp_path):
@@ -155,10 +157,16 @@ def test_configure_sets_every_flag_and_says_what_is_in_effect():
             device="cpu", allow_tf32=True, cudnn_benchmark=True, deterministic=False
         )
         assert torch.backends.cudnn.benchmark and not got["deterministic"]
+        got = backend.configure(device="cpu", allow_tf32=True, cudnn_benchmark=False,
+                                deterministic=False, flush_denormal=True)  # fmt: skip
+        assert got["flush_denormal"] == torch.set_flush_denormal(True)  # where x86 can
+        tiny = torch.tensor([1e-39], dtype=torch.float32)
+        assert (tiny * 1.0).item() == (0.0 if got["flush_denormal"] else tiny.item())
     finally:
         backend.configure(device="cpu", allow_tf32=True, cudnn_benchmark=False,
                           deterministic=False)  # fmt: skip
     assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.tensor([1e-39]).mul(1.0).item() != 0.0  # subnormals are back
 
 
 # --- packing -------------------------------------------------------------------------

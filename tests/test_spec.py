@@ -95,14 +95,15 @@ def test_overrides_from_a_spec_plan_to_the_same_run(problem, optimizer, profile)
 
 @pytest.mark.parametrize(
     "settings",
-    [["train.compile=reduce-overhead", "allow_tf32=false", "deterministic=true"],
+    [["train.compile=reduce-overhead", "allow_tf32=false", "deterministic=true",
+      "flush_denormal=true"],
      ["train.compile=true", "cudnn_benchmark=true"]],
 )  # fmt: skip
 def test_speed_and_numerics_settings_travel_to_launchers(settings):
     spec = planned("problem=cifar10_3c3d", "optimizer=msvag", *settings)
     again = planned(*to_overrides(spec))
     assert again.identity() == spec.identity() and again.train == spec.train
-    flags = ("allow_tf32", "cudnn_benchmark", "deterministic")
+    flags = ("allow_tf32", "cudnn_benchmark", "deterministic", "flush_denormal")
     assert [getattr(again, f) for f in flags] == [getattr(spec, f) for f in flags]
 
 

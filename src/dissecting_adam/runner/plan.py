@@ -96,6 +96,7 @@ def plan(cfg: DictConfig) -> RunSpec:
         allow_tf32=_flag(cfg, "allow_tf32", True),
         cudnn_benchmark=_flag(cfg, "cudnn_benchmark", False),
         deterministic=_flag(cfg, "deterministic", False),
+        flush_denormal=_flag(cfg, "flush_denormal", False),
         force=bool(cfg.force),
         logger=logger_spec(cfg.logger),
         role=str(cfg.get("role", "single")),
@@ -262,6 +263,7 @@ def to_overrides(spec: RunSpec) -> list[str]:
         f"allow_tf32={_value(spec.allow_tf32)}",
         f"cudnn_benchmark={_value(spec.cudnn_benchmark)}",
         f"deterministic={_value(spec.deterministic)}",
+        f"flush_denormal={_value(spec.flush_denormal)}",
         f"logger={spec.logger.name}",
         f"role={spec.role}",
     ]

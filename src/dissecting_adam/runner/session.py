@@ -97,6 +97,7 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
         allow_tf32=first.allow_tf32,
         cudnn_benchmark=first.cudnn_benchmark,
         deterministic=first.deterministic,
+        flush_denormal=first.flush_denormal,
     )
     settings["compile"] = first.train.compile
     with problem_for(first, device) as problem:

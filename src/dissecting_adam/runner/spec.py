@@ -171,6 +171,7 @@ class RunSpec:
     allow_tf32: bool = True  # TF32 matmuls/convolutions on CUDA
     cudnn_benchmark: bool = False  # cuDNN picks the fastest algorithms by timing them
     deterministic: bool = False  # deterministic algorithms only (bit-identical resume)
+    flush_denormal: bool = False  # subnormal floats become zero on the CPU (speed; identity)
     force: bool = False
     logger: LoggerSpec = field(default_factory=LoggerSpec)
     role: str = "single"  # in the protocol: probe, search, replicate; single: on its own
@@ -227,11 +228,14 @@ class RunSpec:
         t = self.train
         # Settings added later enter only when not at their default, so that the runs
         # recorded before keep their identities (a partial run records where it stops, a
-        # compiled run its mode, an fp32 run on CUDA that TF32 was off).
+        # compiled run its mode, an fp32 run on CUDA that TF32 was off, a CPU run that
+        # subnormals were flushed: sign methods then take no step where they took one).
         extra = {} if t.stop_at is None else {"stop_at": t.stop_at}
         if t.compile is not None:
             extra["compile"] = t.compile
         numerics = {} if self.allow_tf32 else {"allow_tf32": False}
+        if self.flush_denormal:
+            numerics["flush_denormal"] = True
         return {
             "profile": self.profile,
             "problem": self.problem,
