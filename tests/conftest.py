@@ -1,5 +1,7 @@
 """Shared test settings: deterministic, small and on the CPU unless marked ``cuda``."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -39,3 +41,24 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def interrupted_at_checkpoint(n: int, error: type[BaseException] = KeyboardInterrupt):
+    """Within: the ``n``-th checkpoint a run saves is written, then ``error`` is raised (a
+    process stopped right after a checkpoint)."""
+    from dissecting_adam.runner import checkpoint
+
+    real, calls = checkpoint.save, []
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(kwargs["step"])
+        if len(calls) == n:
+            raise error
+
+    checkpoint.save = save_then_stop
+    try:
+        yield calls
+    finally:
+        checkpoint.save = real

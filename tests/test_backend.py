@@ -231,28 +231,18 @@ def test_packed_jobs_per_device_is_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_compiled_run_resumes_to_the_same_record(tmp_path, monkeypatch):
+def test_a_compiled_run_resumes_to_the_same_record(tmp_path):
     """Checkpoints of a compiled model are those of the eager one (same keys), and a
     compiled run interrupted after a checkpoint resumes to the record of one that was not:
     bit for bit on the CPU, where inductor's kernels are deterministic."""
-    from dissecting_adam.runner import checkpoint
+    from conftest import interrupted_at_checkpoint
 
     args = ["train.num_steps=12", "train.checkpoint_every=4", "train.compile=true",
             "optimizer.lr=0.01", "problem.batch_size=8"]  # fmt: skip
     whole = session.execute(spec_of(tmp_path / "whole", *args))
-    real_save, calls = checkpoint.save, []
-
-    def save_then_interrupt(*a, **kw):
-        real_save(*a, **kw)
-        calls.append(kw["step"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
     cut = spec_of(tmp_path / "cut", *args)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2), pytest.raises(KeyboardInterrupt):
         session.execute(cut)
-    monkeypatch.setattr(checkpoint, "save", real_save)
     resumed = session.execute(cut)
     assert resumed["status"] == "completed" and not resumed["skipped"]
     a = Path(whole["run_dir"], "metrics.jsonl").read_bytes()

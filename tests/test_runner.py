@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import interrupted_at_checkpoint
 from hydra import compose, initialize_config_dir
 
 from dissecting_adam.problems import DataError
-from dissecting_adam.runner import checkpoint, session
+from dissecting_adam.runner import session
 from dissecting_adam.runner.monitor import diverging
 from dissecting_adam.runner.plan import ConfigError, plan
 from dissecting_adam.runner.store import ResultsError, RunDir
@@ -176,27 +177,17 @@ def test_unwritable_results_dir_leaves_finished_results_alone(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
     """In-process interruption (KeyboardInterrupt after the first checkpoint) on CIFAR-10,
     whose augmentation draws random numbers per batch; the subprocess kill test is in
     test_runner_resume.py."""
     args = ["problem=cifar10_3c3d", "train.num_steps=12", "train.checkpoint_every=4"]
     whole = execute(make_cfg(tmp_path / "whole", *args))
 
-    real_save, calls = checkpoint.save, []
-
-    def save_then_interrupt(*a, **kw):
-        real_save(*a, **kw)
-        calls.append(kw["step"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_checkpoint(2), pytest.raises(KeyboardInterrupt):
         execute(make_cfg(tmp_path / "cut", *args))
     run = RunDir(Path(whole["run_dir"].replace(str(tmp_path / "whole"), str(tmp_path / "cut"))))
     assert run.checkpoint_file.exists() and run.summary() is None  # nothing reads as complete
-    monkeypatch.setattr(checkpoint, "save", real_save)
     resumed = execute(make_cfg(tmp_path / "cut", *args))
     assert resumed["status"] == "completed" and not resumed["skipped"]
     whole_bytes = (Path(whole["run_dir"]) / "metrics.jsonl").read_bytes()
