@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import interrupted_at_checkpoint
 from hydra import compose, initialize_config_dir
 
@@ -274,3 +276,40 @@ def test_a_probe_is_the_first_part_of_its_run_and_the_run_goes_on_from_it(tmp_pa
     sessions = json.loads(spec.run_dir().environment_file.read_text())["sessions"]
     assert [s["status"] for s in sessions] == ["adopted", "completed"]
     assert sessions[0]["adopted_from"] == str(probe_run.path) and sessions[1]["resumed"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="POSIX signals")
+def test_a_scheduler_warning_checkpoints_before_the_scheduler_handler_runs(tmp_path, monkeypatch):
+    """submitit sends SIGUSR2 before a SLURM time limit; its handler requeues the job and
+    exits. The run first checkpoints at the step reached and records ``interrupted``."""
+    calls = []
+
+    def submitit_like(signum, frame):  # requeue, then exit as submitit does
+        run = RunDir(Path(calls_dir[0]))
+        sessions = json.loads(run.environment_file.read_text())["sessions"]
+        calls.append((signum, run.checkpoint_file.exists(), sessions[-1]["status"]))
+        raise SystemExit(-1)
+
+    class WarnAtStep20:
+        def log(self, metrics, step):
+            if step >= 20 and not sent:
+                sent.append(step)
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+        def finish(self, summary):
+            pass
+
+    sent, calls_dir = [], []
+    monkeypatch.setattr(session, "make_logger", lambda spec, run: calls_dir.append(str(run.path))
+                        or WarnAtStep20())  # fmt: skip
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        with pytest.raises(SystemExit):
+            execute(make_cfg(tmp_path, "train.num_steps=200", "train.checkpoint_every=1000"))
+        assert signal.getsignal(signal.SIGUSR2) is submitit_like  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [(signal.SIGUSR2, True, "interrupted")]
+    run = RunDir(Path(calls_dir[0]))
+    saved = torch.load(run.checkpoint_file, weights_only=False)
+    assert run.summary() is None and saved["step"] >= 20

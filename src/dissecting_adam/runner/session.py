@@ -244,16 +244,35 @@ def wandb_id(spec: RunSpec, run: RunDir) -> str:
 
 @contextlib.contextmanager
 def _stop_on_sigterm():
-    """Yield a ``stop()`` poll that turns True after SIGTERM (main thread only)."""
+    """Yield a ``stop()`` poll that turns True after SIGTERM (main thread only).
+
+    Also after SIGUSR2 when the process already has a handler for it: submitit's, which it
+    sends ahead of a SLURM time limit to requeue the job and exit. That handler is passed
+    the signal on leaving, once the run has checkpointed and recorded ``interrupted``;
+    called at once it would end the process in the middle of a step.
+    """
     received = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def note(signum, frame):
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, note)
+    usr2 = getattr(signal, "SIGUSR2", None)
+    scheduler = signal.getsignal(usr2) if usr2 is not None else None
+    chained = callable(scheduler)
+    if chained:
+        signal.signal(usr2, note)
     try:
         yield lambda: bool(received)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if chained:
+            signal.signal(usr2, scheduler)
+            if usr2 in received:
+                scheduler(usr2, None)
 
 
 def _now() -> str:
