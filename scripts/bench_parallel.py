@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dissecting_adam.bench.seed_parallel import PROBLEMS, generated, sequential, together
+from dissecting_adam.bench.data import load_for_timing
+from dissecting_adam.bench.seed_parallel import PROBLEMS, sequential, together
 from dissecting_adam.bench.timing import evaluation_off, load_average
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     with evaluation_off(), tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for pname in args.problems.split(","):
-            problem = generated(pname.strip(), args.device, scratch)
+            problem, _, _ = load_for_timing(pname.strip(), args.device, scratch, real=False)
             sequential(problem, [0], 2, scratch / "warm", args.device)  # warm-up
             together(problem, [0, 1], 2, scratch / "warm", args.device)
             for k in (int(x) for x in args.ks.split(",")):

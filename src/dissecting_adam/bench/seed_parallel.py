@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 from ..optim import MSVAG
-from ..problems import load
-from ..problems.datasets import synthetic
 from ..runner import loop as train_module
 from ..runner import parallel
 from ..runner.spec import TrainSettings
@@ -22,16 +20,6 @@ from ..runner.store import RunDir
 from .timing import sync
 
 PROBLEMS = ("fmnist_2c2d", "cifar10_3c3d")
-
-
-def generated(name: str, device: str, scratch: Path, **overrides):
-    """The problem on generated images: 2,048 training and 256 test images."""
-    if name == "fmnist_2c2d":
-        source = synthetic.write_fashion_mnist(scratch, n_train=2048, n_test=256)
-    else:
-        source = synthetic.write_cifar(scratch, "cifar-10", n_train=2048, n_test=256)
-    return load(name, source=source, mirror=str(scratch), data_root=str(scratch),
-                device=device, **overrides)  # fmt: skip
 
 
 def settings(steps: int) -> TrainSettings:

@@ -83,8 +83,15 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model
 
 
+def uses_cuda_graphs(mode: str | None, device: str) -> bool:
+    """Whether a model compiled in ``mode`` on ``device`` replays CUDA graphs; its training
+    loop must then call ``torch.compiler.cudagraph_mark_step_begin()`` before each step,
+    so that the graph trees may reuse the last step's tensors."""
+    return mode in ("reduce-overhead", "max-autotune") and str(device).startswith("cuda")
+
+
 def mark_step(mode: str | None, device: str) -> None:
-    """Before each training step of a model compiled with CUDA graphs: tell the graph
-    trees that a new iteration begins, so that tensors of the last step may be reused."""
-    if mode in ("reduce-overhead", "max-autotune") and str(device).startswith("cuda"):
+    """Before each training step of a model compiled with CUDA graphs (timing loops; the
+    training loop decides once with ``uses_cuda_graphs``)."""
+    if uses_cuda_graphs(mode, device):
         torch.compiler.cudagraph_mark_step_begin()

@@ -88,8 +88,8 @@ def train(
 
     # 2. The loop.
     batch_variance = getattr(optimizer, "needs_batch_variance", False)
-    device = next(model.parameters()).device.type
-    first_step_s = None
+    graphs = backend.uses_cuda_graphs(settings.compile, next(model.parameters()).device.type)
+    first_step_s = None  # of this session: includes compiling a compiled model
     if batch_variance:
         per_example.check_supported(model, problem.name)
     progress = Progress(settings.progress, end, start, settings.log_interval_s)
@@ -124,9 +124,11 @@ def train(
             progress.close(step)
             raise Interrupted(f"{run.path} stopped at step {step}; rerun to resume it")
 
-        step_started = time.perf_counter()
+        if step == start:
+            step_started = time.perf_counter()
         batch = next(batches)
-        backend.mark_step(settings.compile, device)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
         if batch_variance:  # M-SVAG / SVAG with mini-batch variance estimates (§D)
             loss = per_example.backward_with_variance(problem, model, batch)
@@ -148,7 +150,7 @@ def train(
             progress.update(step, value)
         optimizer.step()
         scheduler.step()
-        if step == start and settings.compile is not None:  # compilation happens here
+        if step == start:
             first_step_s = time.perf_counter() - step_started
         step += 1
     progress.close(step)
