@@ -5,7 +5,9 @@
 
 The table has the columns scripts/collect.py writes (profile, problem, optimizer, lr, seed,
 step, split, loss, accuracy, status, config_hash, ...), parquet or CSV, and holds only the
-runs of each method's selected step size. The tests and margins: docs/claims.md.
+runs of each method's selected step size. The tests and margins: docs/claims.md. A table
+that cannot be one (no rows, accuracy in percent, non-integer seeds, missing columns) is
+refused with one line on stderr and exit status 1, like every bad input of the scripts.
 """
 
 from __future__ import annotations
@@ -38,19 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no such file: {path}", file=sys.stderr)
             return 1
     try:
-        table = read_table(source)
-        missing = [c for c in aggregate.RUN_COLUMNS if c not in table.columns]
-        if missing:
-            raise ValueError(f"{source} lacks the columns {missing} (see scripts/collect.py)")
-        if "profile" in table and table["profile"].nunique() > 1:
-            raise ValueError(f"{source} mixes the profiles {sorted(table['profile'].unique())}: "
-                             "pass one profile's replicates")  # fmt: skip
+        table = claims.validate_replicates(read_table(source), str(source))
         claim_list, settings = claims.load(claims_file)
-        summary = aggregate.summary(table) if len(table) else None
+        summary = aggregate.summary(table)
         paths = claims.write(table, Path(args.out), claim_list, settings, summary,
                              claims.data_banner(table))  # fmt: skip
-    except (ValueError, OSError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as err:  # one line, even for YAML's multi-line errors
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 1
     result = pd.read_csv(paths["claims_csv"])
     counts = result.drop_duplicates(["claim", "problem"])["claim_verdict"].value_counts()

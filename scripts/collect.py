@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = collect(where)
     out = Path(args.out) if args.out else where / ("runs.csv" if args.csv else "runs.parquet")
-    write_table(table, out)
+    try:
+        write_table(table, out)
+    except OSError as err:
+        print(f"Cannot write {out} ({err.strerror or err}): choose a writable file with "
+              "--out <path>. Nothing in the store was changed.", file=sys.stderr)  # fmt: skip
+        return 1
     runs = table.groupby(["problem", "optimizer", "lr", "seed", "config_hash"]).ngroups
     print(f"{len(table)} rows from {runs} runs -> {out}")
     skipped = table.attrs.get("skipped", [])

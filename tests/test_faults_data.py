@@ -13,6 +13,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -24,7 +25,13 @@ import torch
 
 from dissecting_adam import problems
 from dissecting_adam.problems.datasets import download, images, synthetic, tolstoi
-from dissecting_adam.problems.datasets.download import ATTEMPTS_ENV, TIMEOUT_ENV, download_url
+from dissecting_adam.problems.datasets.download import (
+    ATTEMPTS_ENV,
+    DEADLINE_ENV,
+    MIN_RATE_ENV,
+    TIMEOUT_ENV,
+    download_url,
+)
 from dissecting_adam.problems.datasets.integrity import (
     MIRROR_ENV,
     DataError,
@@ -43,7 +50,7 @@ TEXT = "".join(
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     # Each test names its mirror and its timeouts; no proxy may sit between us and 127.0.0.1.
-    for name in (MIRROR_ENV, TIMEOUT_ENV, ATTEMPTS_ENV):
+    for name in (MIRROR_ENV, TIMEOUT_ENV, ATTEMPTS_ENV, DEADLINE_ENV, MIN_RATE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -93,6 +100,26 @@ def silent_server():
         sock.close()
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """Serves ``handler`` (a request handler class) on 127.0.0.1; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @contextlib.contextmanager
 def http_server(respond):
     """``respond(path, hit)`` -> (status, body, Content-Length); yields (base URL, paths hit).
@@ -101,7 +128,7 @@ def http_server(respond):
     """
     hits: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             hits.append(self.path)
             status, body, length = respond(self.path, len(hits))
@@ -111,19 +138,38 @@ def http_server(respond):
             self.wfile.write(body)
             self.close_connection = True
 
-        def log_message(self, *args):
-            pass
+    with serving(Handler) as url:
+        yield url, hits
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+
+@contextlib.contextmanager
+def trickle_server(size: int, period: float = 0.2, give_up: float = 5.0):
+    """Announces ``size`` bytes, then sends one every ``period`` s; yields (base URL, hits).
+
+    Each connection trickles for at most ``give_up`` s and then closes (a truncated body), so
+    a client without a deadline or minimum rate still ends, after ``give_up`` s an attempt.
+    """
+    hits: list[str] = []
+    stop = threading.Event()
+
+    class Handler(QuietHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            end = time.monotonic() + give_up
+            with contextlib.suppress(OSError):  # the client gave up and hung up
+                while time.monotonic() < end and not stop.is_set():
+                    self.wfile.write(b"x")
+                    stop.wait(period)
+            self.close_connection = True
+
+    with serving(Handler) as url:
+        try:
+            yield url, hits
+        finally:
+            stop.set()  # end the trickles before the server shuts down
 
 
 def serve_files(files: dict[str, bytes]):
@@ -199,6 +245,58 @@ def test_bad_body_is_retried_then_a_clear_error_and_nothing_is_left(tmp_path, ki
     assert f.url in msg and "after 3 attempts" in msg
     assert ("md5 mismatch" if kind == "wrong bytes" else "truncated: received 1000 of 4000") in msg
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("limit", ["min rate", "deadline"])
+def test_trickling_server_hits_the_rate_floor_or_deadline_retries_and_leaves_nothing(
+    tmp_path, limit
+):
+    # 5 bytes/s of an announced 1 MB: every read arrives well within the read timeout, so
+    # only a limit on the whole attempt can stop it (without one: 5 s, then truncated).
+    size = 1_000_000
+    limits = (
+        {"min_rate": 100, "rate_grace": 0.5, "deadline": 30}
+        if limit == "min rate"
+        else {"min_rate": 0, "deadline": 0.8}
+    )
+    sleeps: list[float] = []
+    with trickle_server(size, period=0.2, give_up=5.0) as (url, hits):
+        f = RemoteFile("cifar-100-python.tar.gz", md5(b""), f"{url}/cifar-100-python.tar.gz")
+        start = time.monotonic()
+        with pytest.raises(DownloadError) as err:
+            download_url(
+                f, tmp_path, "cifar-100", timeout=2, attempts=2, backoff=0.05,
+                sleep=sleeps.append, **limits,
+            )  # fmt: skip
+        elapsed = time.monotonic() - start
+    assert elapsed < 4, elapsed  # two attempts of about 0.6 s (rate) or 1 s (deadline)
+    assert len(hits) == 2 and sleeps == [0.05]  # too slow is transient: retried
+    e = err.value
+    assert e.attempts == 2 and isinstance(e.last_error, download.DownloadTooSlow)
+    msg = str(e)
+    assert "\n" not in msg  # one line
+    assert f.url in msg and "after 2 attempts" in msg
+    assert re.search(rf"received \d+ of {size} bytes in \d+\.\d s \(\d+ B/s on average\)", msg)
+    if limit == "min rate":
+        assert "below the minimum average rate of 100 B/s (enforced after 0.5 s)" in msg
+    else:
+        assert "past the deadline of 0.8 s per attempt" in msg
+    assert "retry later" in msg and "<mirror>/cifar-100/cifar-100-python.tar.gz" in msg
+    assert f"{MIRROR_ENV}=<mirror>" in msg and MIN_RATE_ENV in msg and DEADLINE_ENV in msg
+    assert leftovers(tmp_path) == []  # no partial file under any name
+
+
+def test_deadline_and_min_rate_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(DEADLINE_ENV, "0.5")
+    monkeypatch.setenv(MIN_RATE_ENV, "1")  # 5 B/s passes: the deadline stops it
+    with trickle_server(1000) as (url, hits):
+        f = RemoteFile("a.bin", md5(b""), f"{url}/a.bin")
+        with pytest.raises(DownloadError, match=r"past the deadline of 0.5 s per attempt"):
+            download_url(f, tmp_path, timeout=2, attempts=1, rate_grace=0)
+    assert len(hits) == 1 and leftovers(tmp_path) == []
+    monkeypatch.setenv(MIN_RATE_ENV, "-1")
+    with pytest.raises(DataError, match=f"{MIN_RATE_ENV}='-1' is not a positive number"):
+        download_url(f, tmp_path)
 
 
 def test_not_found_is_not_retried(tmp_path):

@@ -1,7 +1,8 @@
 """The paper's §6.2 observations on Fig. 5, as data, checked against the replicates.
 
 Longer than ~300 lines: the claim model, its checks and the report that explains them are
-read together; the statistics themselves are in ``stats``.
+read together, and so is the reading of the table at each claim's step, since the report
+counts every run it leaves out; the statistics themselves are in ``stats``.
 
 The claims live in ``conf/claims/paper.yaml`` (``claims_from_dict`` / ``load`` build them).
 A claim compares every method of ``a`` with every method of ``b`` on each of its problems,
@@ -24,16 +25,18 @@ freedom (``stats``). Three kinds, at level ``alpha``:
 
 Margins: test accuracy absolute (0.005 = half a percentage point), training loss relative
 (a fraction of method b's mean). A claim on a problem is confirmed if every pair is,
-contradicted if any pair is, else inconclusive. Runs without a value (diverged, failed or
-unfinished) are left out and counted; fewer than two values on a side leave a pair
-inconclusive. docs/claims.md has the reasons behind these choices.
+contradicted if any pair is, else inconclusive. A run is read at exactly the claim's step
+(the budget's last evaluation, or the early one): runs without a value there are left out
+and counted, as ``incomplete`` when they neither diverged nor failed (unfinished, or rows
+missing from the table: an earlier evaluation never stands in for the claim's step). Fewer
+than two values on a side leave a pair inconclusive. ``validate_replicates`` refuses a table
+that cannot be a replicates table (no rows, percent accuracy, non-integer seeds).
+docs/claims.md has the reasons behind these choices.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +44,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runner.files import atomic_write
 from ..style import label
 from . import stats
-from .aggregate import check_columns, final_values
+from .aggregate import RUN_COLUMNS, check_columns
 
 KINDS = ("better", "non_inferior", "equivalent")
 METRICS = ("train_loss", "test_accuracy")
@@ -54,10 +58,14 @@ PROBLEM_LABELS = {"fmnist_2c2d": "P1", "cifar10_3c3d": "P2", "cifar100_wrn404": 
                   "tolstoi_char_rnn": "P4"}  # fmt: skip
 BANNERS = {"smoke": "a pipeline check, not results", "preview": "a fraction of the paper's budget"}
 COLUMNS = ["problem", "claim", "kind", "metric", "when", "a", "b", "n_a", "n_b", "missing_a",
-           "missing_b", "mean_a", "mean_b", "std_a", "std_b", "diff", "se", "df", "ci_low",
-           "ci_high", "decision_low", "decision_high", "margin", "p_value", "p_holm",
-           "p_opposite", "p_opposite_holm", "pair_verdict", "claim_verdict", "at_step",
-           "reason", "section", "sentence"]  # fmt: skip
+           "missing_b", "incomplete_a", "incomplete_b", "incomplete", "mean_a", "mean_b",
+           "std_a", "std_b", "diff", "se", "df", "ci_low", "ci_high", "decision_low",
+           "decision_high", "margin", "p_value", "p_holm", "p_opposite", "p_opposite_holm",
+           "pair_verdict", "claim_verdict", "at_step", "reason", "section",
+           "sentence"]  # fmt: skip
+RUN = ["problem", "optimizer", "lr", "seed"]
+SOURCES = {"train_loss": ("train_eval", "loss"), "test_accuracy": ("test", "accuracy")}
+STOPPED = ("diverged", "failed")  # runs that end early by design: missing, not incomplete
 
 
 @dataclass(frozen=True)
@@ -153,51 +161,115 @@ def load(path: str | Path) -> tuple[list[Claim], ClaimSettings]:
     return claims_from_dict(d)
 
 
+def _refuse(table: pd.DataFrame, bad: pd.Series, source: str, what: str, rule: str, fix: str):
+    """One line: the column, its rule, the first bad value as the reader wrote it ('a' for a
+    string, 1.5 for a number), how many rows, and the fix."""
+    if bad.any():
+        value = table.loc[bad.to_numpy(), what].iloc[0]
+        value = repr(value) if isinstance(value, str) else getattr(value, "item", lambda: value)()
+        raise ValueError(f"{source}: {what} must be {rule}, found {value} in {int(bad.sum())} "
+                         f"rows; {fix}")  # fmt: skip
+
+
+def validate_replicates(table: pd.DataFrame, source: str = "the replicates table") -> pd.DataFrame:
+    """``table`` with integer seeds and steps, or a ValueError of one line naming the problem
+    and the fix: missing columns, no rows, non-integer seeds or steps, accuracy that is not
+    a fraction in [0, 1] (e.g. percent), several profiles."""
+    if missing := [c for c in RUN_COLUMNS if c not in table.columns]:
+        raise ValueError(f"{source} lacks the columns {missing} (see scripts/collect.py)")
+    if not len(table):
+        raise ValueError(f"{source} has no rows (a header only): collect the replicates' "
+                         "results first (scripts/collect.py)")  # fmt: skip
+    numbers = {c: pd.to_numeric(table[c], errors="coerce") for c in ("seed", "step", "accuracy")}
+    for column in ("seed", "step"):
+        bad = ~np.isfinite(numbers[column]) | (numbers[column] != numbers[column].round())
+        fix = f"give each row its run's integer {column} (as scripts/collect.py does)"
+        _refuse(table, bad, source, column, "an integer", fix)
+        numbers[column] = numbers[column].astype(np.int64)
+    acc = numbers["accuracy"]
+    bad = (acc.isna() & table["accuracy"].notna()) | (acc < 0) | (acc > 1)
+    _refuse(table, bad, source, "accuracy", "a fraction in [0, 1]", "divide percentages by 100")
+    if "profile" in table and table["profile"].nunique() > 1:
+        raise ValueError(f"{source} mixes the profiles {sorted(table['profile'].unique())}: "
+                         "pass one profile's replicates")  # fmt: skip
+    return table.assign(**numbers)
+
+
+def budgets(runs: pd.DataFrame) -> pd.Series:
+    """Per problem, the step of the budget's last evaluation: the last in the table."""
+    evals = runs[runs["split"].isin([split for split, _ in SOURCES.values()])]
+    return evals.groupby("problem")["step"].max()
+
+
+def values_at(runs: pd.DataFrame, steps: pd.Series, completed: bool) -> pd.DataFrame:
+    """Per run: both metrics at exactly its problem's step ``steps[problem]``, never an
+    earlier one. With ``completed`` (final values) only a completed run has values: a
+    diverged run did not reach the end of its budget, so it never looks better than it was.
+
+    ``<metric>_incomplete`` marks a run without a value that neither diverged nor failed:
+    no evaluation at the step (unfinished, or rows missing from the table, e.g. a stray row).
+    """
+    check_columns(runs)
+    out = runs.groupby(RUN, sort=True)["status"].last().reset_index()
+    out = out[out["problem"].isin(steps.index)].reset_index(drop=True)
+    out["step"] = out["problem"].map(steps).astype(np.int64)
+    ok = (out["status"] == "completed") if completed else pd.Series(True, index=out.index)
+    for metric, (split, column) in SOURCES.items():
+        rows = runs[(runs["split"] == split) & (runs["step"] == runs["problem"].map(steps))]
+        at = rows.groupby(RUN)[column].last().rename(metric).reset_index().assign(_at=True)
+        merged = out[RUN].merge(at, on=RUN, how="left")
+        reached = merged["_at"].notna().to_numpy() & ok.to_numpy()
+        out[metric] = np.where(reached, merged[metric].to_numpy(float), math.nan)
+        out[f"{metric}_incomplete"] = ~reached & ~out["status"].isin(STOPPED).to_numpy()
+    return out
+
+
 def early_values(runs: pd.DataFrame, fraction: float) -> pd.DataFrame:
     """Per run, the training loss at the evaluation step nearest ``fraction`` of the budget.
 
-    The budget is the problem's last step in the table; every run of a problem is read at
-    the same step (NaN where a run has no finite value there, e.g. it diverged before).
+    Every run of a problem is read at the same step (NaN where a run has no finite value
+    there, e.g. it diverged before, or it has no row at that step).
     """
     check_columns(runs)
-    keys, rows = ["optimizer", "lr", "seed"], []
-    for problem, part in runs.groupby("problem", sort=True):
-        evals = part[part["split"] == "train_eval"]
-        steps = np.sort(evals["step"].unique())
-        if not len(steps):
-            continue
-        step = int(steps[np.argmin(np.abs(steps - fraction * part["step"].max()))])
-        loss = evals[evals["step"] == step].groupby(keys)["loss"].last()
-        for run in part[keys].drop_duplicates().sort_values(keys).itertuples(index=False):
-            value = float(loss.get(tuple(run), math.nan))
-            rows.append(dict(problem=problem, **run._asdict(), train_loss=value, step=step))
-    return pd.DataFrame(rows, columns=["problem", "optimizer", "lr", "seed", "train_loss", "step"])
+    evals = runs[runs["split"] == "train_eval"]
+    steps = {}
+    for problem, budget in budgets(runs).items():
+        have = np.sort(evals.loc[evals["problem"] == problem, "step"].unique())
+        if len(have):
+            steps[problem] = int(have[np.argmin(np.abs(have - fraction * budget))])
+    return values_at(runs, pd.Series(steps, dtype=np.int64), completed=False)
 
 
 def _pairs(claim: Claim, problem: str, part: pd.DataFrame, settings: ClaimSettings, at: int):
-    """The rows of one claim on one problem (``part``: one value per run and metric)."""
+    """The rows of one claim on one problem (``part``: one row per run, from ``values_at``)."""
     pairs = [(a, b) for a in claim.a for b in claim.b]
-    raw = [[part.loc[part["optimizer"] == m, claim.metric].to_numpy(float) for m in p]
-           for p in pairs]  # fmt: skip
-    tests = [stats.welch(x, y, LOWER_IS_BETTER[claim.metric]) for x, y in raw]
+    metric = claim.metric
+    raw = [[part.loc[part["optimizer"] == m, metric].to_numpy(float) for m in p] for p in pairs]
+    short = part.groupby("optimizer")[f"{metric}_incomplete"].sum()
+    tests = [stats.welch(x, y, LOWER_IS_BETTER[metric]) for x, y in raw]
     if claim.kind == "better":
         results, margins = stats.better(tests, settings.alpha), [math.nan] * len(tests)
     else:
-        margins = [settings.margin(claim.metric, w.mean_b) for w in tests]
+        margins = [settings.margin(metric, w.mean_b) for w in tests]
         test = stats.non_inferior if claim.kind == "non_inferior" else stats.equivalent
         results = [test(w, m, settings.alpha) for w, m in zip(tests, margins, strict=True)]
     overall = stats.combine([r["verdict"] for r in results])
+    incomplete = int(sum(short.get(m, 0) for m in claim.a + claim.b))
     for (a, b), (x, y), w, r, m in zip(pairs, raw, tests, results, margins, strict=True):
         ci, dec = w.interval(1 - settings.alpha), w.interval(1 - 2 * settings.alpha)
         missing = (len(x) - w.n_a, len(y) - w.n_b)
-        notes = [w.reason] * bool(w.reason) + [
-            f"{k} of {label(o)}'s {n} runs have no value (diverged, failed or unfinished)"
-            for k, o, n in zip(missing, (a, b), (len(x), len(y)), strict=True) if k
-        ]  # fmt: skip
+        cut = (int(short.get(a, 0)), int(short.get(b, 0)))
+        notes = [w.reason] * bool(w.reason)
+        for k, c, o, n in zip(missing, cut, (a, b), (len(x), len(y)), strict=True):
+            notes += [f"{c} of {label(o)}'s {n} runs have no evaluation at step {at} "
+                      "(incomplete)"] * bool(c)  # fmt: skip
+            notes += [f"{k - c} of {label(o)}'s {n} runs have no value (diverged, failed or "
+                      "non-finite)"] * bool(k - c)  # fmt: skip
         yield dict(
-            problem=problem, claim=claim.id, kind=claim.kind, metric=claim.metric,
+            problem=problem, claim=claim.id, kind=claim.kind, metric=metric,
             when=claim.when, a=a, b=b, n_a=w.n_a, n_b=w.n_b, missing_a=missing[0],
-            missing_b=missing[1], mean_a=w.mean_a, mean_b=w.mean_b, std_a=w.std_a,
+            missing_b=missing[1], incomplete_a=cut[0], incomplete_b=cut[1],
+            incomplete=incomplete, mean_a=w.mean_a, mean_b=w.mean_b, std_a=w.std_a,
             std_b=w.std_b, diff=w.diff, se=w.se, df=w.df, ci_low=ci[0], ci_high=ci[1],
             decision_low=dec[0], decision_high=dec[1], margin=m, p_value=r["p_value"],
             p_holm=r.get("p_holm", math.nan), p_opposite=r.get("p_opposite", math.nan),
@@ -212,7 +284,7 @@ def check(replicates: pd.DataFrame, claims: Iterable[Claim], settings: ClaimSett
     the selected step sizes), with the numbers and verdicts; see the module docstring.
     Claims whose problem or methods are not all in the table are skipped."""
     claims = list(claims)
-    finals = final_values(replicates)
+    finals = values_at(replicates, budgets(replicates), completed=True)
     if not len(finals):
         return pd.DataFrame(columns=COLUMNS)
     several = finals.groupby(["problem", "optimizer"])["lr"].nunique()
@@ -226,15 +298,13 @@ def check(replicates: pd.DataFrame, claims: Iterable[Claim], settings: ClaimSett
     early = None
     if any(c.when == "early" for c in claims):
         early = early_values(replicates, settings.early_fraction)
-    budget = replicates.groupby("problem")["step"].max()
     rows = []
     for claim in claims:
         values = early if claim.when == "early" else finals
         for problem in claim.problems:
             part = values[values["problem"] == problem]
             if set(claim.a + claim.b) <= set(part["optimizer"]):
-                at = part["step"].iloc[0] if claim.when == "early" else budget[problem]
-                rows += _pairs(claim, problem, part, settings, int(at))
+                rows += _pairs(claim, problem, part, settings, int(part["step"].iloc[0]))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -287,6 +357,7 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
         ", ".join(f"{counts.get(v, 0)} {v}" for v in ("confirmed", "contradicted",
                                                         "inconclusive"))
         + f" (claim x problem checks: {len(per_claim)}).", "",
+        *_incomplete_line(per_claim),
         f"Per pair, d is the difference of the means over seeds, oriented so that d > 0 means "
         "a is better (loss: mean_b - mean_a; accuracy: mean_a - mean_b), with Welch's standard "
         f"error and Welch-Satterthwaite degrees of freedom; alpha = {alpha}.", "",
@@ -304,8 +375,9 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
         f"('decision', its ends are the one-sided {conf} bounds), those of better the "
         "Holm-adjusted p. p: one-sided in the claimed direction (better), the "
         "non-inferiority p, or the TOST p. Early values: training loss at the evaluation "
-        f"nearest {_pct(settings.early_fraction)} of the budget. Runs without a value "
-        "(diverged, failed, unfinished) are left out and counted.", "",
+        f"nearest {_pct(settings.early_fraction)} of the budget. Every run is read at exactly "
+        "the claim's step; runs without a value there are left out and counted (incomplete: "
+        "no evaluation there, never an earlier one read instead; or diverged or failed).", "",
     ]  # fmt: skip
     if not len(table):
         lines += ["No claim could be checked: no claim's problem and methods are all in the "
@@ -319,6 +391,12 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
             when = "final" if c["when"] == "final" else f"early, step {c['at_step']}"
             lines.append(f"- **{c['claim_verdict']}** `{claim}` ({c['section']}; {c['kind']}, "
                          f"{c['metric'].replace('_', ' ')}, {when}): {c['sentence']}")  # fmt: skip
+            if c["incomplete"]:
+                cut = {**dict(zip(pairs["a"], pairs["incomplete_a"], strict=True)),
+                       **dict(zip(pairs["b"], pairs["incomplete_b"], strict=True))}  # fmt: skip
+                which = ", ".join(f"{label(m)} {k}" for m, k in cut.items() if k)
+                lines.append(f"    - left out as incomplete (no evaluation at step "
+                             f"{c['at_step']}): {c['incomplete']} runs ({which})")  # fmt: skip
             lines += [_pair_line(r, conf) for r in pairs.itertuples()]
         lines.append("")
     if summary is not None and len(summary) and settings.reference_accuracy:
@@ -335,15 +413,13 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
     return banner + "\n".join(lines)
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _incomplete_line(per_claim: pd.DataFrame) -> list[str]:
+    short = per_claim[per_claim["incomplete"].astype(float) > 0]
+    if not len(short):
+        return []
+    return [f"**{len(short)} of {len(per_claim)} checks left out incomplete runs** (no "
+            "evaluation at the step the claim reads: unfinished, or rows missing from the "
+            "replicates table); their verdicts rest on the other seeds.", ""]  # fmt: skip
 
 
 def write(replicates: pd.DataFrame, out_dir: str | Path, claims: Iterable[Claim],
@@ -355,6 +431,6 @@ def write(replicates: pd.DataFrame, out_dir: str | Path, claims: Iterable[Claim]
     table = check(replicates, claims, settings)
     text = report(table, settings, summary, banner)
     paths = {"claims": out / "claims.md", "claims_csv": out / "claims.csv"}
-    _write_atomic(paths["claims"], lambda p: Path(p).write_text(text, encoding="utf-8"))
-    _write_atomic(paths["claims_csv"], lambda p: table.to_csv(p, index=False))
+    atomic_write(paths["claims"], lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(paths["claims_csv"], lambda p: table.to_csv(p, index=False))
     return paths

@@ -1,17 +1,30 @@
 """A reproduction's outputs, drawn from the results store only: the search table and
 step-size sensitivity plots, the replicates' summary, curves and Fig. 5, the claims report
-and the selected step sizes. Rerunning it on the same store rewrites the same files."""
+and the selected step sizes. Rerunning it on the same store rewrites the same files.
+
+Every file goes through ``runner.files.atomic_write`` (a temp file and a rename, the umask's
+mode): a reproduction killed while writing leaves each output whole, old or new (the
+figures too: ``plots`` saves them the same way).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from .. import methods
 from ..runner import loggers, store
+from ..runner.files import atomic_write, dumps
 from . import aggregate, claims, plots
+
+
+def _text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _csv(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def write(r, chosen: dict) -> dict[str, Path]:
@@ -47,8 +60,8 @@ def write(r, chosen: dict) -> dict[str, Path]:
     ]
     search_df = pd.DataFrame(rows)
     if len(search_df):
-        search_df.to_csv(out / "search.csv", index=False)
-        (out / "search.md").write_text(banner + aggregate.to_markdown(search_df))
+        _csv(out / "search.csv", search_df)
+        _text(out / "search.md", banner + aggregate.to_markdown(search_df))
         metric = r.search.metric
         for problem in problems:
             sens = search_df.rename(columns={"metric": metric})
@@ -61,10 +74,10 @@ def write(r, chosen: dict) -> dict[str, Path]:
     if len(reps):  # the table scripts/claims.py recomputes the claims from
         paths["replicates"] = store.write_table(reps, out / "replicates.parquet")
     if len(summary):
-        summary.to_csv(out / "summary.csv", index=False)
-        (out / "summary.md").write_text(banner + aggregate.to_markdown(summary))
+        _csv(out / "summary.csv", summary)
+        _text(out / "summary.md", banner + aggregate.to_markdown(summary))
         curves = aggregate.curves(reps)
-        curves.to_csv(out / "curves.csv", index=False)
+        _csv(out / "curves.csv", curves)
         paths["fig5"] = plots.fig5(curves, picked, problems, out / "fig5", note=title)[0]
         if r.claims is not None:
             claim_list, settings = r.claims
@@ -85,7 +98,7 @@ def write(r, chosen: dict) -> dict[str, Path]:
         }
         for (p, o), (sel, st) in chosen.items()
     }
-    (out / "selection.json").write_text(json.dumps(selection, indent=2))
+    _text(out / "selection.json", dumps(selection, indent=2))  # strict JSON (no NaN literal)
     lg = r.base[r.pairs[0]].logger
     if lg.name == "wandb":
         tables = {"summary": summary, "search": search_df}

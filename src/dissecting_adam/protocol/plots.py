@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import methods  # noqa: E402
+from ..runner.files import atomic_write  # noqa: E402
 from ..style import color, label, paper_rc  # noqa: E402
 
 PROBLEM_TITLES = {
@@ -103,7 +104,7 @@ def _save(fig, out: Path, note: str = "") -> list[Path]:
         fig.suptitle(note, fontsize=5, color="#B00000", wrap=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".pdf"), out.with_suffix(".png")]
-    for path in paths:
-        fig.savefig(path)
+    for path in paths:  # a killed process never leaves a half-written figure
+        atomic_write(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, format=fmt))
     plt.close(fig)
     return paths

@@ -13,10 +13,12 @@ full disk, say), so a bad checkpoint never fails every rerun: at worst the run r
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +74,18 @@ def save(
         "runner": runner,
     }
     path = Path(path)
+    # Serialised in memory, then written as plain bytes: a full disk is then an OSError
+    # (ENOSPC) naming the file, and the temp file is closed and gone before it propagates;
+    # torch.save straight to disk fails with a RuntimeError and keeps the file open.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     tmp = temp_path(path)
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        del buffer
         if path.exists():  # keep the one before: the fallback if this one is unreadable
             os.replace(path, previous(path))
         os.replace(tmp, path)
@@ -94,9 +105,17 @@ def remove(path: Path) -> None:
     previous(path).unlink(missing_ok=True)
 
 
-def load_latest(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict | None:
+def load_latest(path: Path, *, model: nn.Module, optimizer, scheduler,
+                accept: Callable[[dict], str | None] | None = None) -> dict | None:  # fmt: skip
     """Restore from ``path``, or else from the checkpoint before it; None if neither exists
-    or can be read (unreadable ones are moved aside, never deleted). Returns ``load``'s."""
+    or can be used. Returns ``load``'s.
+
+    A file that cannot be read or restored into these objects (a truncated file; a
+    checkpoint of another method, whose optimizer state this optimizer refuses) is moved
+    aside, never deleted, and the objects are left as they were, so the caller can start
+    from step 0. ``accept(runner_counters)`` may refuse a readable checkpoint with a reason
+    (its metrics no longer match); such a file stays where it is.
+    """
     for candidate in (Path(path), previous(path)):
         if not candidate.exists():
             continue
@@ -104,15 +123,39 @@ def load_latest(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict |
             payload = torch.load(candidate, map_location="cpu", weights_only=False)
             if not isinstance(payload, dict) or not {"step", "model", "runner"} <= set(payload):
                 raise ValueError("not a checkpoint of this project")
-        except Exception as err:  # noqa: BLE001 - any unreadable file: torch, zip, pickle
+            refused = accept(payload["runner"]) if accept is not None else None
+            if refused:
+                log.warning("not resuming from %s: %s", candidate, refused)
+                continue
+            before = _snapshot(model, optimizer, scheduler)
+            try:
+                restored = _restore(payload, model=model, optimizer=optimizer,
+                                    scheduler=scheduler)  # fmt: skip
+            except BaseException:
+                _restore(before, model=model, optimizer=optimizer, scheduler=scheduler)
+                raise
+        except Exception as err:  # noqa: BLE001 - any unusable file: torch, zip, pickle, state
             aside = move_aside(candidate)
-            log.warning("%s cannot be read (%s: %s); moved to %s", candidate,
+            log.warning("%s cannot be used (%s: %s); moved to %s", candidate,
                         type(err).__name__, str(err).splitlines()[0][:200], aside)  # fmt: skip
             continue
         if candidate != Path(path):
             log.warning("resuming from the checkpoint before (%s)", candidate)
-        return _restore(payload, model=model, optimizer=optimizer, scheduler=scheduler)
+        return restored
     return None
+
+
+def _snapshot(model: nn.Module, optimizer, scheduler) -> dict:
+    """The objects' state as a payload, to put back when restoring a checkpoint fails."""
+    return copy.deepcopy({
+        "step": 0,
+        "model": model.state_dict(),
+        "model_carried_state": carried_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "runner": {},
+    })  # fmt: skip
 
 
 def load(path: Path, *, model: nn.Module, optimizer, scheduler) -> dict:

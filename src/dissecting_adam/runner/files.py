@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 from datetime import datetime, timezone
@@ -41,6 +43,47 @@ class CorruptRecord(ResultsError):
 
 class RunLocked(ResultsError):
     """Another process is training this run."""
+
+
+#: The errors of a write that found no room: the disk is full, or the quota is spent.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full(err: BaseException | None) -> BaseException | None:
+    """``err`` if it (or an error it was raised from) says the disk had no room, else None."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
+            return err
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class DiskFull(ResultsError):
+    """A write found no room; the message names the disk and how to go on."""
+
+    def __init__(self, err: BaseException, folder: Path | None = None):
+        where = _find_errno_path(err) or folder
+        free = ""
+        if where is not None:
+            try:
+                usage = shutil.disk_usage(Path(where).parent)
+                free = f", {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB"
+            except OSError:
+                pass
+        super().__init__(
+            f"No space left on the disk holding {where or 'the results'}{free}. Nothing "
+            "finished was touched and the run's checkpoints are kept: free some space (or "
+            "choose results_root=<dir> on another disk), then rerun to resume the run."
+        )
+
+
+def _find_errno_path(err: BaseException | None):
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_ROOM and err.filename:
+            return err.filename
+        err = err.__cause__ or err.__context__
+    return None
 
 
 # --- modes and atomic writes ----------------------------------------------------------

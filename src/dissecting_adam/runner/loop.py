@@ -25,7 +25,7 @@ import torch
 
 from .. import per_example
 from ..problems import Problem
-from . import backend, checkpoint
+from . import backend, checkpoint, files
 from .loggers import Logger, NoLogger
 from .monitor import (
     KEYS,
@@ -72,9 +72,20 @@ def train(
     batches = problem.train_batches(settings.seed)
     counters = {"initial_loss": None, "elapsed_s": 0.0, "metrics_size": 0, "last_eval": {}}
     start = 0
-    restored = checkpoint.load_latest(
-        run.checkpoint_file, model=model, optimizer=optimizer, scheduler=scheduler
-    )
+    refused = []
+
+    def accept(saved: dict) -> str | None:
+        """A checkpoint resumes only onto the metrics it was written after: a shortened or
+        changed metrics.jsonl would otherwise end as a completed run with holes."""
+        reason = run.metrics_match(saved.get("metrics_size", 0), saved.get("metrics_sha256"))
+        refused.extend([reason] if reason else [])
+        return reason
+
+    restored = checkpoint.load_latest(run.checkpoint_file, model=model, optimizer=optimizer,
+                                      scheduler=scheduler, accept=accept)  # fmt: skip
+    if restored is None and refused and run.metrics_file.exists():
+        log.warning("%s: the run starts again from step 0 (the damaged metrics file is kept "
+                    "as %s)", refused[0], files.move_aside(run.metrics_file))  # fmt: skip
     if restored is not None:
         start, counters = restored["step"], restored["runner"]
         monitor.restore(counters, next(model.parameters()).device)  # the window open then
@@ -111,6 +122,7 @@ def train(
         if (_due(settings.checkpoint_every, step) or stopping) and step > start:
             counters["elapsed_s"] += time.perf_counter() - started
             counters.update(monitor.state())
+            counters["metrics_sha256"] = run.metrics_sha256(counters["metrics_size"])
             started = time.perf_counter()
             checkpoint.save(
                 run.checkpoint_file,
@@ -161,6 +173,7 @@ def train(
     elapsed = counters["elapsed_s"] + time.perf_counter() - started
     if partial and step > start:
         counters.update(monitor.state(), elapsed_s=elapsed)
+        counters["metrics_sha256"] = run.metrics_sha256(counters["metrics_size"])
         checkpoint.save(run.checkpoint_file, step=step, model=model, optimizer=optimizer,
                         scheduler=scheduler, runner=counters)  # fmt: skip
     extra = {} if settings.stop_at is None else {"stop_at": settings.stop_at}

@@ -138,7 +138,7 @@ def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: st
     return TrainSettings(
         num_steps=num_steps,
         eval_every=eval_every,
-        seed=int(cfg.seed),
+        seed=seed_value(cfg.seed),
         log_every=int(t.log_every),
         divergence_factor=None if t.divergence_factor is None else float(t.divergence_factor),
         eval_max_batches=None if limit is None else int(limit),
@@ -149,6 +149,13 @@ def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: st
         stop_at=None if t.get("stop_at") is None else int(t.stop_at),
         compile=compile_mode(t.get("compile")),
     )
+
+
+def seed_value(value) -> int:
+    """A seed as given, or a ConfigError: ``seed=1.5`` must not run (and answer) as seed 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"seed={value!r} is not a seed; use a whole number >= 0, e.g. seed=3")
+    return value
 
 
 def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
@@ -182,6 +189,7 @@ def plan_seeds(cfg: DictConfig) -> tuple[list[RunSpec], int]:
         seeds = [cfg.seed]
     elif not OmegaConf.is_list(seeds) or not all(type(s) is int for s in seeds) or not seeds:
         raise ConfigError(f"seeds must be a list of integers, e.g. 'seeds=[0,1,2]', got {seeds}")
+    seeds = [seed_value(s) for s in seeds]
     spec = plan(cfg)
     check_capabilities(spec, k)
     return [spec.derive(seed=s) for s in dict.fromkeys(seeds)], k

@@ -53,12 +53,9 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
     out: dict[int, dict] = {}
     todo = []
     for i, spec in enumerate(specs):
-        run = spec.run_dir()
-        if not spec.force and run.is_finished(spec.identity()):
-            summary = run.summary()
-            log.info("%s: already %s, nothing to do (force=true reruns it)", run.path,
-                     summary["status"])  # fmt: skip
-            out[i] = {**summary, "skipped": True, "run_dir": str(run.path)}
+        done = _already_finished(spec)
+        if done is not None:
+            out[i] = done
         else:
             todo.append(i)
     k = max(1, int(parallel_seeds))
@@ -67,6 +64,17 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
         summaries = _train_group([specs[i] for i in group])
         out.update(zip(group, summaries, strict=True))
     return [out[i] for i in range(len(specs))]
+
+
+def _already_finished(spec: RunSpec) -> dict | None:
+    """The summary of a finished, verified record of ``spec`` (as returned), or None."""
+    run = spec.run_dir()
+    summary = None if spec.force else run.finished(spec.identity())
+    if summary is None:
+        return None
+    log.info("%s: already %s, nothing to do (force=true reruns it)", run.path,
+             summary["status"])  # fmt: skip
+    return {**summary, "skipped": True, "run_dir": str(run.path)}
 
 
 def check_device(device: str) -> None:
@@ -104,7 +112,8 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
         # Prepares and checks the data files (a DataError here leaves no run folder).
         fingerprint = problem.data_fingerprint()
         with Session(specs, device, fingerprint, settings) as session:
-            return _train(problem, specs, session)
+            trained = _train(problem, session.specs, session) if session.specs else []
+            return session.in_order(trained)
 
 
 def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
@@ -151,6 +160,13 @@ class Session:
         try:
             for run in self.runs:  # one writer per run: a second copy stops here
                 self._stack.enter_context(files.RunLock(run.path))
+            # Again under the locks: another copy may have finished a run since the caller
+            # looked, and a finished result is never trained again (nor its summary removed).
+            self.found = {i: _already_finished(s) for i, s in enumerate(self.specs)}
+            self.found = {i: done for i, done in self.found.items() if done is not None}
+            self.members = [i for i in range(len(self.specs)) if i not in self.found]
+            self.specs = [self.specs[i] for i in self.members]
+            self.runs = [self.runs[i] for i in self.members]
             self.record = {"start": _now(), "device": self.device, "status": "running",
                            "pid": os.getpid()}  # fmt: skip
             if self.data_fingerprint is not None:  # which bytes of data this session read
@@ -179,31 +195,49 @@ class Session:
             raise
         return self
 
+    def in_order(self, trained: list[dict]) -> list[dict]:
+        """The summaries of every spec given, in order: ``trained`` for the members trained
+        (in ``self.specs`` order), the found ones for runs finished before the lock."""
+        out = dict(self.found)
+        out.update(zip(self.members, trained, strict=True))
+        return [out[i] for i in range(len(out))]
+
     def __exit__(self, kind, err, tb) -> None:
         status = "failed"
         if kind is None:
             status = "completed"
         elif issubclass(kind, (Interrupted, KeyboardInterrupt)):
             status = "interrupted"
+        full = files.disk_full(err)
         try:
-            if kind is not None and issubclass(kind, Exception) and kind is not Interrupted:
-                for run in self.runs:  # members without a record of their own failed
-                    if run.summary() is None:
-                        error = f"{kind.__name__}: {err}"
-                        run.write_summary({"status": "failed", "error": error})
-            changes = {"end": _now(), "wall_time_s": time.perf_counter() - self.t0}
-            for spec, run in zip(self.specs, self.runs, strict=True):
-                member = (run.summary() or {}).get("status")
-                own = member if member in store.FINISHED else status
-                run.update_session(self.record["start"], {**changes, "status": own})
-                if own in store.FINISHED and spec.train.stop_at is None:
-                    if not spec.train.keep_checkpoint:  # a finished run needs none
-                        checkpoint.remove(run.checkpoint_file)
-                files.remove_leftovers(run.path)
-            for logger, run in zip(self.loggers, self.runs, strict=False):
-                logger.finish(run.summary() or {"status": status})
+            self._record(kind, err, status)
+        except OSError as write_err:  # the records that fit are written; the rest say so
+            if not (full or files.disk_full(write_err)):
+                raise
+            full = full or write_err
         finally:
             self._stack.close()
+        if full:
+            raise files.DiskFull(full, self.runs[0].path if self.runs else None) from err
+
+    def _record(self, kind, err, status: str) -> None:
+        """Each member's summary (a failure without a record of its own) and session end."""
+        if kind is not None and issubclass(kind, Exception) and kind is not Interrupted:
+            for run in self.runs:  # members without a record of their own failed
+                if run.summary() is None:
+                    error = f"{kind.__name__}: {err}"
+                    run.write_summary({"status": "failed", "error": error})
+        changes = {"end": _now(), "wall_time_s": time.perf_counter() - self.t0}
+        for spec, run in zip(self.specs, self.runs, strict=True):
+            member = (run.summary() or {}).get("status")
+            own = member if member in store.FINISHED else status
+            run.update_session(self.record["start"], {**changes, "status": own})
+            if own in store.FINISHED and spec.train.stop_at is None:
+                if not spec.train.keep_checkpoint:  # a finished run needs none
+                    checkpoint.remove(run.checkpoint_file)
+            files.remove_leftovers(run.path)
+        for logger, run in zip(self.loggers, self.runs, strict=False):
+            logger.finish(run.summary() or {"status": status})
 
 
 def make_logger(spec: RunSpec, run: RunDir):

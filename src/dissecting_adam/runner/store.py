@@ -10,12 +10,20 @@ Layout (``root`` is ``results`` by default)::
         checkpoint.pt    the latest checkpoint, and checkpoint.prev.pt the one before
                          (removed when the run ends)
         .lock            held by the process training the run (``files.RunLock``)
-        summary.json     written last: status (completed, diverged, failed) and final metrics
+        summary.json     written last: status (completed, diverged, failed) and final metrics;
+                         a finished one also records metrics.jsonl's row count and sha256
 
 ``<hash>`` is a short hash of the identity, so two configs that differ in anything but the
 readable parts (lr, seed) still never share a folder, and "skip if finished" compares the
 full identity. Files are written atomically (``files``): a killed run never leaves a file
 that reads as complete, and a file that cannot be read is moved aside, never deleted.
+
+A finished record verifies itself: its summary holds the row count and sha256 of the
+metrics file it summarises, so a damaged or shortened metrics.jsonl (one zeroed line turns
+a run's "final" accuracy into an earlier one) is named and never used: ``collect`` leaves
+the run out, ``is_finished`` says no, and the next session moves both files aside and
+trains the run again. Records of the wrong shape (valid JSON, but not a summary or an
+identity) count as unreadable.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +81,35 @@ def format_lr(lr: float) -> str:
     return format(float(lr), ".6g")
 
 
+#: What an identity.json must hold for its folder to be placed and collected.
+IDENTITY_KEYS = ("profile", "problem", "optimizer", "optimizer_kwargs", "seed", "config_hash")
+
+
+def read_identity(path: Path) -> dict:
+    """A stored identity; CorruptRecord when it is unreadable or not an identity."""
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise CorruptRecord(path, f"not an identity (a JSON {type(stored).__name__})")
+    missing = [k for k in IDENTITY_KEYS if k not in stored]
+    if missing:
+        raise CorruptRecord(path, f"not an identity (no {', '.join(missing)})")
+    lr = (
+        stored["optimizer_kwargs"].get("lr")
+        if isinstance(stored["optimizer_kwargs"], dict)
+        else None
+    )
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        raise CorruptRecord(path, f"not an identity (optimizer_kwargs.lr is {lr!r})")
+    if isinstance(stored["seed"], bool) or not isinstance(stored["seed"], int):
+        raise CorruptRecord(path, f"not an identity (seed is {stored['seed']!r})")
+    return stored
+
+
+def metrics_digest(data: bytes) -> dict:
+    """What a summary records of the metrics file it summarises."""
+    return {"metrics_rows": data.count(b"\n"), "metrics_sha256": hashlib.sha256(data).hexdigest()}
+
+
 def _same_identity(stored: dict, identity: dict) -> bool:
     """Whether a stored identity.json (which also holds its hash) records ``identity``."""
     stored = {k: v for k, v in stored.items() if k != "config_hash"}
@@ -102,28 +140,72 @@ class RunDir:
 
     # --- state ----------------------------------------------------------------------
     def summary(self) -> dict | None:
-        """The summary; None while there is none. A CorruptRecord if it cannot be read."""
+        """The summary; None while there is none. A CorruptRecord if it cannot be read or
+        is not a summary (a JSON object with a status)."""
         try:
-            return read_json(self.summary_file)
+            summary = read_json(self.summary_file)
         except FileNotFoundError:
             return None
+        if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+            what = "no status" if isinstance(summary, dict) else f"a JSON {type(summary).__name__}"
+            raise CorruptRecord(self.summary_file, f"not a summary ({what})")
+        return summary
 
-    def is_finished(self, identity: dict) -> bool:
-        """A summary with a finished status, written by a run of exactly this identity.
+    def verify(self, summary: dict) -> str | None:
+        """Why metrics.jsonl does not match ``summary`` (a finished one), or None.
 
-        An unreadable record is not finished (the run is redone after it is moved aside).
+        Summaries written before digests were recorded are checked for unreadable lines.
+        """
+        try:
+            data = self.metrics_file.read_bytes()
+        except FileNotFoundError:
+            data = None
+        if "metrics_sha256" in summary:
+            found = metrics_digest(data or b"")
+            if found["metrics_sha256"] != summary["metrics_sha256"]:
+                has = f"{found['metrics_rows']} rows, sha256 {found['metrics_sha256'][:12]}"
+                has = "missing" if data is None else has
+                return (
+                    f"does not match summary.json ({has}; summary.json records "
+                    f"{summary.get('metrics_rows')} rows, sha256 "
+                    f"{str(summary['metrics_sha256'])[:12]})"
+                )
+            return None
+        for n, line in enumerate((data or b"").splitlines(), start=1):
+            try:
+                loads(line.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return f"line {n} of a finished run cannot be read"
+        return None
+
+    def finished(self, identity: dict) -> dict | None:
+        """The summary of a finished, verified run of exactly this identity, or None.
+
+        An unreadable record, or metrics that do not match their summary, are named and
+        count as not finished (the next session keeps them aside and redoes the run).
         """
         try:
             summary = self.summary()
             if summary is None or summary.get("status") not in FINISHED:
-                return False
-            stored = read_json(self.identity_file)
+                return None
+            stored = read_identity(self.identity_file)
         except FileNotFoundError:
-            return False
+            return None
         except CorruptRecord as err:
             log.warning("%s; the run will be redone (the file is kept aside)", err)
-            return False
-        return _same_identity(stored, identity)
+            return None
+        if not _same_identity(stored, identity):
+            return None
+        damaged = self.verify(summary)
+        if damaged:
+            log.warning("%s: %s; the run will be redone (both files are kept aside)",
+                        self.metrics_file, damaged)  # fmt: skip
+            return None
+        return summary
+
+    def is_finished(self, identity: dict) -> bool:
+        """Whether ``finished(identity)`` has a summary."""
+        return self.finished(identity) is not None
 
     # --- writing --------------------------------------------------------------------
     def start(self, identity: dict, config_yaml: str, force: bool = False) -> None:
@@ -136,7 +218,7 @@ class RunDir:
         """
         if self.path.exists() and self.identity_file.exists():
             try:
-                stored = read_json(self.identity_file)
+                stored = read_identity(self.identity_file)
             except CorruptRecord as err:
                 log.warning("%s; moved the run folder to %s", err, move_aside(self.path))
             else:
@@ -146,13 +228,27 @@ class RunDir:
                         "move that folder away, then rerun."
                     )
         self.path.mkdir(parents=True, exist_ok=True)
-        for f in (self.summary_file, self.environment_file):
-            try:
-                read_json(f)
-            except FileNotFoundError:
-                pass
-            except CorruptRecord as err:
-                log.warning("%s; moved to %s", err, move_aside(f))
+        try:
+            summary = self.summary()
+        except CorruptRecord as err:
+            log.warning("%s; moved to %s", err, move_aside(self.summary_file))
+            summary = None
+        try:
+            read_json(self.environment_file)
+        except FileNotFoundError:
+            pass
+        except CorruptRecord as err:
+            log.warning("%s; moved to %s", err, move_aside(self.environment_file))
+        if summary is not None and summary["status"] in FINISHED and not force:
+            damaged = self.verify(summary)
+            if not damaged:  # the caller checks under the run lock; this never happens then
+                raise ResultsError(
+                    f"{self.path} holds a finished run; it is kept. "
+                    "Use force=true to train it again."
+                )
+            aside = [move_aside(f) for f in (self.summary_file, self.metrics_file) if f.exists()]
+            log.warning("%s: %s; moved to %s and training the run again", self.metrics_file,
+                        damaged, ", ".join(map(str, aside)))  # fmt: skip
         if force:
             for f in (self.metrics_file, self.checkpoint_file, self.previous_checkpoint_file):
                 f.unlink(missing_ok=True)
@@ -174,7 +270,28 @@ class RunDir:
         atomic_write_text(self.metrics_file, data.decode())
 
     def write_summary(self, summary: dict) -> None:
+        """Write summary.json; a finished one records the digest of metrics.jsonl."""
+        if summary.get("status") in FINISHED:
+            data = self.metrics_file.read_bytes() if self.metrics_file.exists() else b""
+            summary.update(metrics_digest(data))
         atomic_write_json(self.summary_file, summary)
+
+    def metrics_match(self, size: int, sha256: str | None) -> str | None:
+        """Why metrics.jsonl does not begin with what a checkpoint recorded, or None."""
+        data = self.metrics_file.read_bytes() if self.metrics_file.exists() else b""
+        if len(data) < size:
+            return f"{self.metrics_file} has {len(data)} bytes, the checkpoint expects {size}"
+        if sha256 is not None and hashlib.sha256(data[:size]).hexdigest() != sha256:
+            return f"{self.metrics_file} differs from what the checkpoint recorded"
+        return None
+
+    def metrics_sha256(self, size: int) -> str:
+        """The sha256 of the first ``size`` bytes of metrics.jsonl (recorded by checkpoints)."""
+        data = b""
+        if self.metrics_file.exists():
+            with open(self.metrics_file, "rb") as f:
+                data = f.read(size)
+        return hashlib.sha256(data).hexdigest()
 
     def _environment(self) -> dict:
         try:
@@ -189,8 +306,16 @@ class RunDir:
         return env
 
     def add_session(self, session: dict) -> None:
-        """Record one training session (start, end, wall time, host) in environment.json."""
+        """Record one training session (start, end, wall time, host) in environment.json.
+
+        Called under the run lock, so a session still marked running ended without its
+        record (its process was killed, or the disk was full): it is marked ``lost``.
+        """
         env = self._environment()
+        for old in env["sessions"]:
+            if old.get("status") == "running":
+                old.update(status="lost", error="ended without a record (process killed, "
+                           "or its disk was full); the next session resumed the run")  # fmt: skip
         env["sessions"].append(session)
         atomic_write_json(self.environment_file, env)
 
@@ -259,14 +384,15 @@ def collect(root: Path):
     frames, skipped = [], []
     for run in run_dirs(root):
         try:
-            identity = read_json(run.identity_file)
+            identity = read_identity(run.identity_file)
             summary = run.summary() or {}
             lr, config = float(identity["optimizer_kwargs"]["lr"]), identity["config_hash"]
-        except (CorruptRecord, KeyError, TypeError) as err:
-            reason = err.reason if isinstance(err, CorruptRecord) else f"missing key {err}"
-            path = err.path if isinstance(err, CorruptRecord) else run.identity_file
-            log.warning("skipped %s: %s", path, reason)
-            skipped.append((str(path), reason))
+            damaged = run.verify(summary) if summary.get("status") in FINISHED else None
+            if damaged:  # never a result: its "final" values may be an earlier step's
+                raise CorruptRecord(run.metrics_file, damaged)
+        except CorruptRecord as err:
+            log.warning("skipped %s: %s", err.path, err.reason)
+            skipped.append((str(err.path), err.reason))
             continue
         rows = run.read_metrics()
         if not rows:

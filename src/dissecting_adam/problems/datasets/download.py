@@ -1,11 +1,12 @@
 """Downloads of original files, with timeouts, retries, back-off and progress.
 
-A download goes to a temporary name in its folder, with connect and read timeouts and a
-bounded number of attempts (exponential back-off in between), and gets its final name only
-once its md5 is right: a partial or wrong file never stays behind under the final name. Large
-downloads show progress (a tqdm bar on a terminal, else INFO log lines). A download that
-fails for good raises :class:`~.integrity.DownloadError`, which says how to stage the file
-by hand in the mirror.
+A download goes to a temporary name in its folder, with connect and read timeouts, a
+deadline for the whole attempt and a minimum average rate (so a server that trickles a byte
+at a time cannot keep it alive for hours), and a bounded number of attempts (exponential
+back-off in between), and gets its final name only once its md5 is right: a partial or wrong
+file never stays behind under the final name. Large downloads show progress (a tqdm bar on a
+terminal, else INFO log lines). A download that fails for good raises
+:class:`~.integrity.DownloadError`, which says how to stage the file by hand in the mirror.
 """
 
 from __future__ import annotations
@@ -28,11 +29,26 @@ from .integrity import MIRROR_ENV, DataError, DownloadError, RemoteFile, atomic_
 
 log = logging.getLogger(__name__)
 
-#: Environment variables overriding the download timeout (seconds) and number of attempts.
+#: Environment variables overriding the download timeout (seconds), number of attempts,
+#: deadline per attempt (seconds) and minimum average rate (bytes per second).
 TIMEOUT_ENV = "DISSECTING_ADAM_DOWNLOAD_TIMEOUT"
 ATTEMPTS_ENV = "DISSECTING_ADAM_DOWNLOAD_ATTEMPTS"
+DEADLINE_ENV = "DISSECTING_ADAM_DOWNLOAD_DEADLINE"
+MIN_RATE_ENV = "DISSECTING_ADAM_DOWNLOAD_MIN_RATE"
 #: Seconds allowed to connect and for every read of a download (not for the whole file).
 DOWNLOAD_TIMEOUT = 30.0
+#: Seconds allowed for a whole attempt, connecting included (checked after every read, so it
+#: can be overshot by at most one read timeout). At the minimum rate below, the largest files
+#: (the CIFAR-10 and CIFAR-100 archives, 170 MB) take 3400 s: the deadline is a backstop for
+#: a download that starts fast and then slows to a crawl, whose average stays above the floor.
+DOWNLOAD_DEADLINE = 3600.0
+#: Minimum average rate of an attempt in bytes per second (received bytes over the time since
+#: the attempt started), enforced once ``DOWNLOAD_RATE_GRACE`` seconds have passed. 50 kB/s
+#: (0.4 Mbit/s) finishes every file of the project within ``DOWNLOAD_DEADLINE`` (Fashion-MNIST's
+#: 26 MB in 9 min) and stops a trickling server after about a minute.
+DOWNLOAD_MIN_RATE = 50_000.0
+#: Seconds of an attempt before the minimum rate applies (connection set-up, slow start).
+DOWNLOAD_RATE_GRACE = 60.0
 #: Attempts per file before giving up.
 DOWNLOAD_ATTEMPTS = 3
 #: Seconds slept before the second attempt, doubled before every further one.
@@ -69,8 +85,57 @@ def download_attempts() -> int:
     return _positive_env(ATTEMPTS_ENV, DOWNLOAD_ATTEMPTS, int)
 
 
+def download_deadline() -> float:
+    """Seconds allowed for a whole attempt: ``$DISSECTING_ADAM_DOWNLOAD_DEADLINE`` or
+    ``DOWNLOAD_DEADLINE``."""
+    return _positive_env(DEADLINE_ENV, DOWNLOAD_DEADLINE, float)
+
+
+def download_min_rate() -> float:
+    """Minimum average rate in bytes per second: ``$DISSECTING_ADAM_DOWNLOAD_MIN_RATE`` or
+    ``DOWNLOAD_MIN_RATE``."""
+    return _positive_env(MIN_RATE_ENV, DOWNLOAD_MIN_RATE, float)
+
+
 class _BadDownload(Exception):
     """The server answered, but not with the published file (short or wrong bytes)."""
+
+
+class DownloadTooSlow(TimeoutError):
+    """An attempt ran past its deadline or below the minimum average rate (retried)."""
+
+
+def _amount(n: float) -> str:
+    """``n`` bytes for people: ``7 B``, ``48.8 kB``, ``169.0 MB``."""
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _check_pace(
+    received: int,
+    declared: int | None,
+    elapsed: float,
+    deadline: float,
+    min_rate: float,
+    grace: float,
+) -> None:
+    """Raise :class:`DownloadTooSlow` if the attempt is past ``deadline`` or, after ``grace``
+    seconds, its average rate is below ``min_rate``."""
+    if elapsed > deadline:
+        limit = f"past the deadline of {deadline:g} s per attempt"
+    elif elapsed > grace and received < min_rate * elapsed:
+        limit = (
+            f"below the minimum average rate of {_amount(min_rate)}/s (enforced after {grace:g} s)"
+        )
+    else:
+        return
+    of = f" of {declared}" if declared is not None else ""
+    raise DownloadTooSlow(
+        f"received {received}{of} bytes in {elapsed:.1f} s "
+        f"({_amount(received / max(elapsed, 1e-9))}/s on average), {limit}"
+    )
 
 
 def _retryable(err: Exception) -> bool:
@@ -119,21 +184,36 @@ def _progress(file: RemoteFile, total: int | None) -> Iterator[Callable[[int], N
     yield update
 
 
-def _fetch_once(file: RemoteFile, target: Path, timeout: float) -> None:
-    """One attempt: stream into a temporary file, check length and md5, rename to ``target``."""
+def _fetch_once(
+    file: RemoteFile,
+    target: Path,
+    timeout: float,
+    deadline: float = math.inf,
+    min_rate: float = 0.0,
+    grace: float = 0.0,
+) -> None:
+    """One attempt: stream into a temporary file, check length and md5, rename to ``target``.
+
+    After every read the attempt's deadline and minimum average rate are checked; ``read1``
+    returns whatever one read of the socket brings, so a trickle cannot hide in a buffered
+    read that waits for a whole chunk.
+    """
     request = urllib.request.Request(file.url, headers={"User-Agent": USER_AGENT})
     md5 = hashlib.md5(usedforsecurity=False)
     received = 0
+    start = time.monotonic()
     with atomic_write(target) as out:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             declared = int(declared) if declared and declared.strip().isdigit() else None
             with _progress(file, declared) as update:
-                while chunk := response.read(_CHUNK):
+                while chunk := response.read1(_CHUNK):
                     out.write(chunk)
                     md5.update(chunk)
                     received += len(chunk)
                     update(len(chunk))
+                    elapsed = time.monotonic() - start
+                    _check_pace(received, declared, elapsed, deadline, min_rate, grace)
         if declared is not None and received != declared:
             raise _BadDownload(f"truncated: received {received} of {declared} bytes")
         if md5.hexdigest() != file.md5:
@@ -150,30 +230,40 @@ def download_url(
     timeout: float | None = None,
     attempts: int | None = None,
     backoff: float | None = None,
+    deadline: float | None = None,
+    min_rate: float | None = None,
+    rate_grace: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Path:
     """Download ``file.url`` to ``dest/file.name`` and verify its md5; return that path.
 
     Each attempt has ``timeout`` seconds (default: ``download_timeout()``) to connect and for
     every read, so a server that accepts and never answers fails in about ``timeout`` seconds.
+    A whole attempt has ``deadline`` seconds (default ``download_deadline()``) and, once
+    ``rate_grace`` seconds (default ``DOWNLOAD_RATE_GRACE``) have passed, must average at
+    least ``min_rate`` bytes per second (default ``download_min_rate()``; ``0`` turns the
+    check off), so a server that trickles bytes fails too (:class:`DownloadTooSlow`).
     Up to ``attempts`` attempts (default ``download_attempts()``), sleeping ``backoff``,
-    ``2 * backoff``, ... seconds (default ``DOWNLOAD_BACKOFF``) in between; short or wrong
-    bytes count as a failed attempt. Only a verified file gets the final name. Raises
-    :class:`DownloadError` naming the URL, the attempts, the last error and the fix (stage
-    the file by hand in ``<mirror>/<folder>/``).
+    ``2 * backoff``, ... seconds (default ``DOWNLOAD_BACKOFF``) in between; short, wrong or
+    too slow bytes count as a failed attempt. Only a verified file gets the final name.
+    Raises :class:`DownloadError` naming the URL, the attempts, the last error and the fix
+    (stage the file by hand in ``<mirror>/<folder>/``).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     timeout = download_timeout() if timeout is None else float(timeout)
     attempts = download_attempts() if attempts is None else max(1, int(attempts))
     backoff = DOWNLOAD_BACKOFF if backoff is None else float(backoff)
+    deadline = download_deadline() if deadline is None else float(deadline)
+    min_rate = download_min_rate() if min_rate is None else float(min_rate)
+    grace = DOWNLOAD_RATE_GRACE if rate_grace is None else float(rate_grace)
     target = dest / file.name
     last: Exception | None = None
     made = 0
     for attempt in range(1, attempts + 1):
         made = attempt
         try:
-            _fetch_once(file, target, timeout)
+            _fetch_once(file, target, timeout, deadline, min_rate, grace)
             return target
         except (OSError, http.client.HTTPException, ValueError, _BadDownload) as err:
             last = err
@@ -185,18 +275,32 @@ def download_url(
                 file.url, attempt, attempts, type(err).__name__, err, delay,
             )  # fmt: skip
             sleep(delay)
-    gave_up = (
-        "the error is not one that retrying can fix"
-        if made < attempts
-        else f"timeout {timeout:g} s to connect and per read"
-    )
+    slow = isinstance(last, DownloadTooSlow)
+    if made < attempts:
+        gave_up = "the error is not one that retrying can fix"
+    elif slow:
+        gave_up = (
+            f"limits: {deadline:g} s per attempt, at least {_amount(min_rate)}/s on average "
+            f"after {grace:g} s"
+        )
+    else:
+        gave_up = f"timeout {timeout:g} s to connect and per read"
+    if slow:
+        tune = (
+            f"on a slow but steady network, lower the minimum rate with "
+            f"{MIN_RATE_ENV}=<bytes per second> or raise the deadline with "
+            f"{DEADLINE_ENV}=<seconds>"
+        )
+    else:
+        tune = f"on a slow network, raise the timeout with {TIMEOUT_ENV}=<seconds>"
     mirror = f"<mirror>/{folder}/{file.name}" if folder else f"<mirror>/<data set>/{file.name}"
     raise DownloadError(
         f"Could not download {file.url} after {made} attempt{'s' if made > 1 else ''} "
-        f"({gave_up}); last error: {type(last).__name__}: {last}. Fix: on a machine with "
-        f"network access, download {file.url} (md5 {file.md5}) by hand into {mirror} and set "
-        f"{MIRROR_ENV}=<mirror> (or data.mirror), or copy it to {target}; on a slow network, "
-        f"raise the timeout with {TIMEOUT_ENV}=<seconds>.",
+        f"({gave_up}); last error: {type(last).__name__}: {last}. Fix: "
+        f"{'retry later, when the server or network is faster; or ' if slow else ''}on a "
+        f"machine with network access, download {file.url} (md5 {file.md5}) by hand into "
+        f"{mirror} and set {MIRROR_ENV}=<mirror> (or data.mirror), or copy it to {target}; "
+        f"{tune}.",
         file.url,
         made,
         last,
