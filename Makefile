@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_JOBS ?= auto
 PROBLEMS ?= all
 PROFILE ?= paper
-LAUNCHER ?= basic
+LAUNCHER ?= auto
 # A folder of original downloads (e.g. ../shared/data): data is copied from it, not downloaded.
 export DATA_MIRROR
 
@@ -65,7 +65,7 @@ bench-minibatch: install ## Extra cost per step of mini-batch variance estimates
 bench-runner: install ## Runner overhead vs a bare loop, and one evaluation pass (~2 min on a CPU)
 	$(PY) scripts/bench_runner.py
 
-gpu-check: install ## One timed check on a GPU machine -> results/gpu_check/report.md (ARGS="--budget-s 480"; CPU self-check: ARGS="--device cpu --tiny")
+gpu-check: install ## One timed check on a GPU machine -> results/gpu_check/report.md (ARGS="--budget-s 780"; CPU self-check: ARGS="--device cpu --tiny")
 	$(PY) scripts/gpu_check.py $(ARGS)
 
 fig2: install ## Fig. 2: SGD vs SSD on stochastic quadratic problems (~2-4 min on 2 CPU cores)
@@ -77,7 +77,7 @@ fig3: install ## Fig. 3: the variance adaptation factors (seconds)
 wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
 	$(PY) scripts/wilson.py
 
-reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=basic|packed|joblib|submitit_slurm ARGS=overrides
+reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=auto|basic|packed|joblib|submitit_slurm ARGS=overrides
 	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
 
 plan-fig5: install ## What reproduce-fig5 would run next and what the store holds (seconds; runs nothing)

@@ -5,7 +5,8 @@
 
 The table has the columns scripts/collect.py writes (profile, problem, optimizer, lr, seed,
 step, split, loss, accuracy, status, config_hash, ...), parquet or CSV, and holds only the
-runs of each method's selected step size. The tests and margins: docs/claims.md. A table
+runs of each method's selected step size. It prints the verdict counts of the checks and of
+the sentences of §6.2, then both paths. The tests and margins: docs/claims.md. A table
 that cannot be one (no rows, accuracy in percent, non-integer seeds, missing columns) is
 refused with one line on stderr and exit status 1, like every bad input of the scripts.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dissecting_adam.protocol import aggregate, claims
+from dissecting_adam.protocol import aggregate, claims, stats
 
 DEFAULT_CLAIMS = Path(__file__).resolve().parents[1] / "conf" / "claims" / "paper.yaml"
 
@@ -50,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = pd.read_csv(paths["claims_csv"])
     counts = result.drop_duplicates(["claim", "problem"])["claim_verdict"].value_counts()
-    print(", ".join(f"{counts.get(v, 0)} {v}" for v in ("confirmed", "contradicted",
-                                                        "inconclusive"))
-          + f" (claim x problem checks: {int(counts.sum())})")  # fmt: skip
+    print(", ".join(f"{counts.get(v, 0)} {v}" for v in stats.VERDICTS)
+          + f" (check x problem: {int(counts.sum())})")  # fmt: skip
+    sentences = claims.sentence_verdicts(result, settings)
+    if len(sentences):
+        top = sentences[sentences["problem"] == "all"]["verdict"].value_counts()
+        print(
+            "sentences of §6.2 (on the problems run): "
+            + ", ".join(f"{n} {v}" for v, n in top.items())
+        )
     for path in paths.values():
         print(path)
     return 0

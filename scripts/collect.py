@@ -6,7 +6,7 @@
 
 Columns: profile, problem, optimizer, lr, seed, step, split (train_eval, test, minibatch),
 loss, accuracy, status, config_hash, data_loss, diverged_step. The library function is
-``dissecting_adam.runner.store.collect``. A run whose records cannot be read is left
+``dissecting_adam.runner.table.collect``. A run whose records cannot be read is left
 out and named (a 'skipped' line); the table is still written.
 """
 
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dissecting_adam.runner.store import collect, write_table
+from dissecting_adam.runner.table import collect, write_table
 
 
 def main(argv: list[str] | None = None) -> int:

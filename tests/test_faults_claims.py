@@ -29,9 +29,9 @@ PAPER = Path(__file__).resolve().parents[1] / "conf" / "claims" / "paper.yaml"
 P1 = "fmnist_2c2d"
 # Per method, per seed: (train loss, test accuracy) at step 100; at step 50 the sign-based
 # methods still lag behind (loss 1.0), so reading them there reverses observation 2.
-FINAL = {"adam": [(0.10, 0.91), (0.11, 0.91), (0.09, 0.91)],
+FINAL = {"adam": [(0.10, 0.91), (0.11, 0.911), (0.09, 0.909)],
          "mssd": [(0.10, 0.91), (0.11, 0.912), (0.09, 0.908)],
-         "msgd": [(0.30, 0.90), (0.31, 0.90), (0.29, 0.90)],
+         "msgd": [(0.30, 0.90), (0.31, 0.901), (0.29, 0.899)],
          "msvag": [(0.30, 0.90), (0.31, 0.901), (0.29, 0.899)]}  # fmt: skip
 HALFWAY = {"adam": 1.0, "mssd": 1.0, "msgd": 0.5, "msvag": 0.5}
 
@@ -71,7 +71,7 @@ def test_a_method_without_its_last_evaluation_is_left_out_as_incomplete(tmp_path
     )
     checks = per_check(table)
     assert checks.loc["o2_sign_better_p1", "incomplete"] == 3
-    assert checks.loc["o2_sign_better_p1", "claim_verdict"] == "inconclusive"
+    assert checks.loc["o2_sign_better_p1", "claim_verdict"] == "untestable"  # no Adam value
     assert checks.loc["o3_msvag_ge_msgd_loss", "incomplete"] == 0  # Adam is not in it
 
     paths = claims.write(reps, tmp_path, claim_list, settings)
@@ -145,7 +145,7 @@ def reproduction(tmp_path: Path, monkeypatch):
     table["config_hash"] = [store.config_hash(identity((P1, o), lr, s))
                             for o, lr, s in zip(table["optimizer"], table["lr"], table["seed"],
                                                 strict=True)]  # fmt: skip
-    monkeypatch.setattr(outputs.store, "collect", lambda root: table)
+    monkeypatch.setattr(outputs, "collect", lambda root: table)
     base = SimpleNamespace(
         results_root=str(tmp_path / "results"), logger=SimpleNamespace(name="none")
     )

@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dissecting_adam.runner import checkpoint, files, session, store
+from dissecting_adam.runner import table as store_table
 from dissecting_adam.runner.plan import ConfigError, plan
 from dissecting_adam.runner.store import RunDir
 
@@ -91,7 +92,7 @@ def test_one_corrupt_record_is_named_skipped_moved_aside_and_redone(tmp_path, ca
     bad = session.execute(spec_for(tmp_path, "seed=2"))
     bad_summary = Path(bad["run_dir"]) / "summary.json"
     bad_summary.write_text("{oops")
-    table = store.collect(tmp_path / "smoke")
+    table = store_table.collect(tmp_path / "smoke")
     assert set(table["seed"]) == {1}
     ((path, reason),) = table.attrs["skipped"]
     assert path == str(bad_summary) and "not valid JSON" in reason
@@ -185,8 +186,8 @@ def test_files_get_the_mode_of_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         done = session.execute(spec_for(tmp_path, "train.keep_checkpoint=true"))
-        table = store.collect(tmp_path / "smoke")
-        store.write_table(table, tmp_path / "runs.parquet")
+        table = store_table.collect(tmp_path / "smoke")
+        store_table.write_table(table, tmp_path / "runs.parquet")
     finally:
         os.umask(old)
     paths = [*Path(done["run_dir"]).iterdir(), tmp_path / "runs.parquet"]

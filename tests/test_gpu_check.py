@@ -26,7 +26,7 @@ from dissecting_adam.protocol.estimate import project, projection
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 SECTIONS = ["environment", "optimizer_step", "problem_step", "runner_overhead",
-            "runs_per_hour", "p1_run", "projection"]  # fmt: skip
+            "runs_per_hour", "p1_run", "projection", "p1_protocol"]  # fmt: skip
 
 
 def strict_json(text: str):
@@ -85,8 +85,10 @@ def _rows(doc: dict, section: str, table: int) -> list[dict]:
         ("runner_overhead", 0, "runner_ms", 1),
         ("runner_overhead", 1, "seconds", 2),  # an evaluation pass of each split
         ("runs_per_hour", 0, "runs_per_hour", 1),
+        ("runs_per_hour", 1, "cost", 4),  # a group against a single run, on every problem
         ("p1_run", 0, "wall_s", 1),
         ("projection", 0, "hours", 4),
+        ("p1_protocol", 0, "wall_s", 1),
     ],
 )  # fmt: skip
 def test_tiny_check_has_the_promised_numbers(tiny_check, section, table, column, least_rows):
@@ -110,6 +112,31 @@ def test_tiny_check_labels_generated_data_and_the_p1_run(tiny_check):
     (p1,) = _rows(doc, "p1_run", 0)
     assert p1["status"] == "completed" and p1["steps"] == 10 and p1["exit_status"] == 0
     assert "generated data (timing only)" in (out / "report.md").read_text()
+
+
+def test_tiny_check_runs_the_whole_p1_protocol_and_keeps_its_outputs(tiny_check):
+    """The last section resumes the reproduction section 6 stopped, runs it to its end
+    (smoke profile, generated data) and copies Fig. 5, the summary and the claims into
+    the report's folder; the packing section measured the driver's groups too."""
+    _, out, _ = tiny_check
+    doc = strict_json((out / "report.json").read_text())
+    (row,) = _rows(doc, "p1_protocol", 0)
+    assert row["exit_status"] == 0 and not row["stopped_at_deadline"]
+    assert row["outputs"] == "fig5.png, summary.md, claims.md"
+    for name in ("fig5.png", "summary.md", "claims.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "summary.md").read_text() == (out / "p1_protocol" / "summary.md").read_text()
+    selected = _rows(doc, "p1_protocol", 1)
+    assert sorted(r["pair"] for r in selected) == sorted(
+        f"fmnist_2c2d/{m}" for m in ("msgd", "mssd", "msvag", "adam"))  # fmt: skip
+    assert len(_rows(doc, "p1_protocol", 2)) == 4  # the replicates' summary, per method
+    p1 = next(s for s in doc["sections"] if s["name"] == "p1_run")
+    for started in p1["tables"][1]["rows"] if len(p1["tables"]) > 1 else []:
+        assert started["exit_status"] in (0, 143)  # SIGTERM at its deadline: resumable
+    sec = next(s for s in doc["sections"] if s["name"] == "p1_protocol")
+    assert any("Batching: single runs (auto: CPU" in note for note in sec["notes"])
+    driver_rows = [r for r in _rows(doc, "runs_per_hour", 0) if r.get("driver")]
+    assert driver_rows and all(r["members"] == 2 and r["finished"] for r in driver_rows)
 
 
 def test_without_cuda_one_line_and_status_2(tmp_path):
@@ -240,6 +267,36 @@ def test_projection_hours(methods, budget, points, seeds, frac, step, mb_step, r
     assert row["runs"] == runs and row["probes"] == 3 * len(methods)
     text = project(r, {"p": step}, {"p": mb_step} if mb_step else None)
     assert text.splitlines()[0].endswith(hours) and f"total: {hours}" in text
+
+
+def test_projection_with_groups_and_packing_uses_the_measured_costs():
+    """Groups of 10: groupable methods cost the measured member-step, per-example ones a
+    single run's; the packing gain divides the whole; the first round probes ahead."""
+    r = fake_reproduction([False, False, True], 1000, 4, 10, 0.1)
+    r.batching = SimpleNamespace(members=10)
+    r.search.up_points = 6
+    (row,) = projection(r, {"p": 0.01}, {"p": 0.05}, {"p": 0.002}, {"p": 2.0})
+    assert row["members"] == 10 and row["probes"] == 3 * 10
+    steps = 1000 * (4 + 10 + 10 * 0.1)  # per method: search, replicates, probes
+    assert row["seconds"] == pytest.approx((0.002 + 0.002 + 0.05) * steps / 2.0)
+    text = project(r, {"p": 0.01}, {"p": 0.05}, {"p": 0.002}, {"p": 2.0})
+    assert "2.0 per member in groups of 10" in text and "x2.00 packed" in text
+    single = fake_reproduction([False], 1000, 4, 10, 0.1)  # no batching: as before
+    (row,) = projection(single, {"p": 0.01}, None, {"p": 0.002}, None)
+    assert row["members"] == 1 and row["member_step_s"] is None and row["probes"] == 3
+
+
+def test_estimate_times_a_group_when_the_driver_trains_groups(monkeypatch):
+    r = fake_reproduction([False], 1000, 2, 3, 0.5)
+    r.batching = SimpleNamespace(members=4)
+    r.search.up_points = 1
+    for spec in r.base.values():
+        spec.data_variant = "synthetic"
+        spec.optimizer.method.seed_parallel = True
+    monkeypatch.setattr(estimate_mod, "problem_for", lambda spec: contextlib.nullcontext())
+    monkeypatch.setattr(estimate_mod, "time_backward", lambda problem, steps, per_example: 0.02)
+    monkeypatch.setattr(estimate_mod, "time_group", lambda problem, k, steps: 0.005 * (k == 4))
+    assert estimate_mod.estimate(r, 3) == project(r, {"p": 0.02}, None, {"p": 0.005})
 
 
 def test_projection_names_untimed_problems_and_needs_per_example_times():

@@ -1,7 +1,8 @@
-"""Seed-parallel training: member k of a group equals a single run of seed k (metrics and
-final parameters, to float tolerance), a diverged member is isolated, the store layout and
-skip-if-finished are those of single runs, unsupported problems are refused. Generated data
-(``data.variant=synthetic``), batches of 8, ten steps."""
+"""Groups of the CNN problems in float64: member k of a group equals a single run of seed k
+(and step size k: metrics and final parameters, to rounding), a diverged member is
+isolated, the store layout and skip-if-finished are those of single runs, bad settings are
+refused. Generated data (``data.variant=synthetic``), batches of 8, ten steps. Every problem
+as a group through the runner: tests/test_groups.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from dissecting_adam.problems.batching import Batch
 from dissecting_adam.runner.data import problem_for
-from dissecting_adam.runner.loop import train
-from dissecting_adam.runner.parallel import train_parallel
+from dissecting_adam.runner.loop import train_group, train_single
 from dissecting_adam.runner.plan import ConfigError, plan, plan_seeds
 from dissecting_adam.runner.session import execute_seeds
 from dissecting_adam.runner.store import RunDir
@@ -71,7 +71,7 @@ def assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module, dtype=torch.f
             assert (x - y).norm() <= 5 * rtol * y.norm(), (name, float((x - y).norm() / y.norm()))
 
 
-def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64):
+def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64, lrs=None):
     """Train SEEDS one by one with ``train`` and together with ``train_parallel``.
 
     In float64 by default, so that the comparison is of the algorithms, not of summation
@@ -80,8 +80,10 @@ def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64):
     """
     out = {}
     base = plan(cfg)
+    lrs = lrs or [base.optimizer.lr] * len(SEEDS)
     for mode in ("single", "parallel"):
-        specs = [base.derive(seed=s, results_root=str(tmp_path / mode)) for s in SEEDS]
+        specs = [base.derive(seed=s, lr=lr, results_root=str(tmp_path / mode))
+                 for s, lr in zip(SEEDS, lrs, strict=True)]  # fmt: skip
         runs = [spec.run_dir() for spec in specs]
         for spec, run in zip(specs, runs, strict=True):
             run.start(spec.identity(), "")
@@ -105,16 +107,24 @@ def singles_and_group(tmp_path, cfg, poison=None, dtype=torch.float64):
                     for m, spec, run in zip(models, specs, runs, strict=True)
                 ]
             else:
-                summaries = train_parallel(
-                    problem, models, base.optimizer.build, base.train, SEEDS, runs
-                )
+                summaries = train_group(problem, models, build(base), base.train, SEEDS, runs, lrs)
         out[mode] = (models, runs, summaries)
     return out["single"], out["parallel"]
 
 
 def _single(problem, model, spec, run):
     optimizer = spec.optimizer.build(model.parameters())
-    return train(problem, model, optimizer, problem.lr_scheduler(optimizer), spec.train, run)
+    return train_single(problem, model, optimizer, problem.lr_scheduler(optimizer), spec.train,
+                        run)  # fmt: skip
+
+
+def build(spec):
+    """``build_optimizer(params, lr)`` of a group: the spec's method and settings."""
+
+    def make(params, lr):
+        return spec.derive(lr=lr).optimizer.build(params)
+
+    return make
 
 
 @pytest.mark.parametrize("problem", ["fmnist_2c2d", "cifar10_3c3d"])
@@ -130,6 +140,21 @@ def test_each_member_matches_its_single_run(tmp_path, problem, optimizer, lr):
         assert_same_parameters(p_models[k], s_models[k])
     # The members really differ from one another (own initialisation, own data).
     assert rows(p_runs[0])[2]["loss"] != rows(p_runs[1])[2]["loss"]
+
+
+@pytest.mark.parametrize("optimizer,lrs", [("msvag", [0.01, 0.03, 0.003]),
+                                           ("adam", [1e-3, 1e-2, 3e-4])])  # fmt: skip
+def test_members_of_different_step_sizes_match_their_single_runs(tmp_path, optimizer, lrs):
+    """A group's optimizer steps with member 0's step size; member k's update is scaled by
+    lr_k / lr_0, exactly a run of step size lr_k (float64: to rounding)."""
+    cfg = make_cfg(tmp_path, f"optimizer={optimizer}", "optimizer.lr=0.01")
+    (s_models, s_runs, s_sum), (p_models, p_runs, p_sum) = singles_and_group(tmp_path, cfg, lrs=lrs)
+    for k in range(len(SEEDS)):
+        assert p_runs[k].path == tmp_path / "parallel" / s_runs[k].path.relative_to(
+            tmp_path / "single"
+        )
+        assert_same_metrics(p_runs[k], s_runs[k])
+        assert_same_parameters(p_models[k], s_models[k])
 
 
 @pytest.mark.parametrize("problem", ["fmnist_2c2d", "cifar10_3c3d"])
@@ -194,8 +219,6 @@ def test_runner_stores_each_seed_as_a_single_run_and_skips_finished_ones(tmp_pat
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["problem=tolstoi_char_rnn", "parallel_seeds=2"], "supports the CNN problems"),
-        (["problem=cifar100_wrn404", "parallel_seeds=2"], "fmnist_2c2d, cifar10_3c3d"),
         (["parallel_seeds=0"], "parallel_seeds must be an integer >= 1"),
         (["seeds=3"], "seeds must be a list of integers"),
     ],

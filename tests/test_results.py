@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from dissecting_adam.runner import store as results
+from dissecting_adam.runner import table as store_table
 from dissecting_adam.runner.store import RunDir, atomic_write_json, config_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,8 @@ def test_finished_only_for_the_same_identity(tmp_path):
 
 
 def test_collect_of_an_empty_store_has_the_columns(tmp_path):
-    assert list(results.collect(tmp_path).columns)[: len(results.COLUMNS)] == results.COLUMNS
+    columns = list(store_table.collect(tmp_path).columns)
+    assert columns[: len(store_table.COLUMNS)] == store_table.COLUMNS
 
 
 def test_multirun_sweep_then_collect(tmp_path):
@@ -108,7 +110,7 @@ def test_multirun_sweep_then_collect(tmp_path):
     spec.loader.exec_module(collect)
     assert collect.main(["--root", str(tmp_path), "--profile", "smoke", "--csv"]) == 0
     table = pd.read_csv(tmp_path / "smoke" / "runs.csv")
-    assert list(table.columns[: len(results.COLUMNS)]) == results.COLUMNS
+    assert list(table.columns[: len(store_table.COLUMNS)]) == store_table.COLUMNS
     runs = table.drop_duplicates(["lr", "seed"]).set_index(["lr", "seed"])["status"]
     assert runs.to_dict() == {
         (0.01, 0): "completed",
@@ -124,9 +126,9 @@ def test_multirun_sweep_then_collect(tmp_path):
     assert ok[ok.split == "test"].accuracy.between(0, 1).all()
     assert ok[ok.split == "minibatch"].accuracy.isna().all()
     # The library function gives the same table; parquet round-trips it.
-    lib = results.collect(tmp_path / "smoke")
+    lib = store_table.collect(tmp_path / "smoke")
     assert len(lib) == len(table)
-    results.write_table(lib, tmp_path / "runs.parquet")
+    store_table.write_table(lib, tmp_path / "runs.parquet")
     back = pd.read_parquet(tmp_path / "runs.parquet")
     assert back[["step", "split", "loss"]].equals(
         lib[["step", "split", "loss"]].reset_index(drop=True)

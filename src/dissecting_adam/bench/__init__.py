@@ -9,13 +9,15 @@ Above the protocol in the arrows (scripts -> bench -> protocol -> runner -> opti
 - ``problem_step``: one training step split into input / forward+backward / optimizer,
   eager or compiled, with the compile time and the peak device memory;
 - ``runner_overhead``: ``runner.loop.train`` against a bare loop of the same steps;
-- ``seed_parallel``: K seeds as one batched run against single runs;
-- ``packing``: runs per hour with several runs at once on one device, and with K seeds;
+- ``seed_parallel``: a group of K runs (the runner's stacked engine) against single runs:
+  the per member-step cost the driver's batching rests on, on all four problems;
+- ``packing``: runs per hour with several tasks at once on one device (workers started
+  first, as the driver keeps them), single runs or groups;
 - ``process``: a command run until a deadline, then stopped with SIGTERM.
 
-The GPU check (``scripts/gpu_check.py``): ``check`` runs its seven sections
-(``check_measure``: 1-4, ``check_runs``: 5-7) with ``sections`` (a share of the budget
-each, failures and overruns recorded), ``config`` says how much each measures (full or
-tiny), ``recommend`` draws the recommendations and ``report`` writes report.json and
-report.md.
+The GPU check (``scripts/gpu_check.py``): ``check`` runs its eight sections
+(``check_measure``: 1-4, ``check_runs``: 5-7, ``check_protocol``: 8, the whole P1 protocol)
+with ``sections`` (a share of the budget each, failures and overruns recorded), ``config``
+says how much each measures (full or tiny), ``recommend`` draws the recommendations and
+``report`` writes report.json and report.md.
 """

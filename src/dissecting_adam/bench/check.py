@@ -1,4 +1,4 @@
-"""The GPU check: seven timed sections in one wall-time budget, and their report.
+"""The GPU check: eight timed sections in one wall-time budget, and their report.
 
 ``run_check(cfg)`` sets the backend flags a run would use, runs the sections
 (``sections.run_sections``: each gets its share of ``cfg.budget_s``, a section that fails
@@ -9,9 +9,13 @@ or runs out of time is recorded as such and the next one runs) and rewrites
 2. one optimizer step on WRN-40-4's shapes, every method against Adam (foreach, fused);
 3. one training step per problem, eager and compiled, with compile time and memory;
 4. the runner's overhead over a bare loop, eager and compiled;
-5. runs per hour: N runs at once (``Packed``) and K seeds as one run;
-6. a P1 run at the paper's budget, then as much of the P1 reproduction as fits;
-7. the whole paper protocol projected from the step times of section 3.
+5. runs per hour: N tasks at once (``Packed``), groups of K on every problem against a
+   single run, and the driver's own batching (its groups, its tasks per device);
+6. a P1 run at the paper's budget, then the start of the P1 reproduction (SIGTERM);
+7. the whole paper protocol projected with the settings the driver would use: the step
+   times of section 3, the group cost and packing gain of section 5;
+8. the whole P1 paper protocol, resumed from section 6 to its end (``check_protocol``):
+   Fig. 5's P1 panel, the summary and the claims, copied into the report's folder.
 """
 
 from __future__ import annotations
@@ -25,26 +29,31 @@ from ..runner import backend
 from ..runner.environment import cpu_model, environment
 from . import report
 from .check_measure import environment_section, optim_section, problems_section, runner_section
+from .check_protocol import protocol_section
 from .check_runs import p1_section, packing_section, projection_section
 from .config import CheckConfig
 from .recommend import recommendations
 from .sections import Section, run_sections
 
-#: name, title, section, weight (share of the budget), floor (seconds).
+#: name, title, section, weight (share of the budget), floor (seconds). The P1 protocol is
+#: last and gets the largest share: it is the check's proof, and it resumes what section 6
+#: started (a share left unused by earlier sections goes to it).
 PLAN = (
-    ("environment", "Environment and CUDA tests", environment_section, 0.10, 10.0),
-    ("optimizer_step", "Optimizer step on WRN-40-4's shapes", optim_section, 0.14, 5.0),
-    ("problem_step", "One training step per problem", problems_section, 0.22, 5.0),
-    ("runner_overhead", "Runner overhead", runner_section, 0.06, 5.0),
-    ("runs_per_hour", "Runs per hour: packing and seed-parallel", packing_section, 0.20, 5.0),
-    ("p1_run", "A real P1 run and the P1 reproduction", p1_section, 0.25, 10.0),
-    ("projection", "Projection of the paper protocol", projection_section, 0.03, 10.0),
+    ("environment", "Environment and CUDA tests", environment_section, 0.05, 10.0),
+    ("optimizer_step", "Optimizer step on WRN-40-4's shapes", optim_section, 0.07, 5.0),
+    ("problem_step", "One training step per problem", problems_section, 0.13, 5.0),
+    ("runner_overhead", "Runner overhead", runner_section, 0.04, 5.0),
+    ("runs_per_hour", "Runs per hour: packing and groups", packing_section, 0.15, 5.0),
+    ("p1_run", "A real P1 run and the start of the P1 reproduction", p1_section, 0.10, 10.0),
+    ("projection", "Projection of the paper protocol", projection_section, 0.02, 10.0),
+    ("p1_protocol", "The whole P1 paper protocol", protocol_section, 0.44, 20.0),
 )
 
 
 def sections(cfg: CheckConfig) -> list[Section]:
+    weights = cfg.sizes.weights
     return [
-        Section(name, title, functools.partial(fn, cfg), weight, floor)
+        Section(name, title, functools.partial(fn, cfg), weights.get(name, weight), floor)
         for name, title, fn, weight, floor in PLAN
     ]
 

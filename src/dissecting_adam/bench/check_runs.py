@@ -1,6 +1,7 @@
-"""Sections 5-7 of the GPU check: runs per hour (packing and seed-parallel groups), a real
-P1 run and as much of the P1 reproduction as fits, and the projection of the whole paper
-protocol from the measured step times."""
+"""Sections 5-7 of the GPU check: runs per hour (packing, groups on every problem, and the
+driver's own batching), a real P1 run and the start of the P1 reproduction, and the
+projection of the whole paper protocol with the settings the driver would use and the
+throughput measured with them."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import time
 from pathlib import Path
 
 from ..problems import PROBLEMS
-from ..protocol.estimate import project, projection
-from ..runner.store import FINISHED, format_lr
+from ..protocol.estimate import members, project, projection
+from ..runner.store import format_lr
+from .check_protocol import finished, label, margin_s, reproduce_cmd, variant_of
 from .config import CheckConfig
-from .data import GENERATED, load_for_timing
-from .packing import packed, seed_groups
+from .data import load_for_timing
+from .packing import packed, seed_groups, warm_workers
 from .process import check_exit, run_until
 from .recommend import compile_choice
 from .sections import Context
@@ -27,87 +29,121 @@ def _variant(ctx: Context, name: str) -> str:
     return "real" if ctx.shared.get("data", {}).get(name) == "real" else "synthetic"
 
 
-def _label(variant: str) -> str:
-    return "real" if variant == "real" else GENERATED
+def driver_batching(cfg: CheckConfig) -> tuple[int, dict[str, int], str]:
+    """The group size and the tasks per device (per problem) the driver uses on this device,
+    and its plan's batching line (``--tiny``: the sizes' own, so groups run on a CPU too)."""
+    r = cfg.reproduction()
+    k = cfg.sizes.group_members or members(r)
+    jobs_of = getattr(r.launch, "jobs", None)
+    jobs = {name: cfg.sizes.group_jobs or (jobs_of(name, cfg.device) if jobs_of else 1)
+            for name in PROBLEMS}  # fmt: skip
+    return k, jobs, r.batching.line()
 
 
 # --- 5. runs per hour -----------------------------------------------------------------
 def packing_section(cfg: CheckConfig, ctx: Context) -> None:
     s, folder = cfg.sizes, cfg.out / "packing"
-    rows, seeds = [], []
+    k, driver_jobs, line = driver_batching(cfg)
+    ctx.shared["driver"] = {"members": k, "jobs": driver_jobs}
+    rows, groups = [], []
     steps = ", ".join(f"{n} ({name})" for name, n in s.pack_steps.items())
-    ctx.table(f"Packing: N runs at once on one device (`protocol.launch.Packed`), short runs "
-              f"of {steps} steps with 1-batch evaluations; paper_runs_per_hour = training "
-              "steps/s x 3600 / the paper budget", rows)  # fmt: skip
+    ctx.table(f"Packing: N tasks at once on one device (`protocol.launch.Packed`, workers "
+              f"started first), short runs of {steps} steps with 1-batch evaluations; "
+              "members > 1: each task a group, as the driver runs it; paper_runs_per_hour = "
+              "training steps/s x 3600 / the paper budget", rows)  # fmt: skip
     ctx.table(
-        f"Seed-parallel training (`parallel_seeds=K`), {s.seed_steps} steps a run, "
-        "evaluation off; speed-up over a single run (K = 1) per seed-step",
-        seeds,
+        f"Groups (`runner.engine.Stacked`) against a single run, {s.seed_steps} steps each, "
+        "back to back, evaluation off: cost = seconds per member-step of a group of K / "
+        "seconds per step of a single run (targets on an H200: <= 0.25 for P1, P2, P4, "
+        "<= 0.9 for P3)",
+        groups,
     )
-    ctx.data.update(packing=rows, seed_parallel=seeds)
-    packing_part = Deadline(ctx.deadline.at - 0.35 * ctx.share_s)  # the rest: seed groups
-    for name in PACKED:
-        paper, variant = PROBLEMS[name].Config().num_steps, _variant(ctx, name)
-        overrides = [
-            f"device={cfg.device}",
-            "profile=paper",
-            "train.progress=off",
-            f"train.num_steps={s.pack_steps[name]}",
-            "train.eval_points=1",
-            "train.eval_max_batches=1",
-            "train.checkpoint_every=null",
-            f"data.variant={variant}",
-            *cfg.data_overrides(),
-            *([f"problem.batch_size={s.batch[name]}"] if name in s.batch else []),
-        ]
-        base = cfg.planner([(name, "msvag")], overrides)[(name, "msvag")]
-        first = None
-        for n in s.jobs:
+    ctx.note(f"the driver here: {line}")
+    ctx.data.update(packing=rows, seed_parallel=groups, driver=ctx.shared["driver"])
+    ctx.shared["runs"] = ctx.data  # the projection (section 7) reads them
+    packing_part = Deadline(ctx.deadline.at - 0.45 * ctx.share_s)  # the rest: groups
+    bases = {name: _base(cfg, name, _variant(ctx, name)) for name in PACKED}
+    width = max([*s.jobs, *(driver_jobs[name] for name in PACKED)])
+    # One pool of started workers for every measurement, as the driver keeps its workers.
+    with warm_workers(bases[PACKED[0]], width, cfg.device, folder / "warm") as launcher:
+        for name in PACKED:
             if packing_part.expired():
                 ctx.stopped = True
                 break
-            try:
-                res = packed(base, n, n * s.runs_per_job, cfg.device, folder / f"{name}-{n}")
-            except Exception as err:  # a worker's run failed: its record says why
-                rows.append({"problem": name, "jobs_per_device": n, "error": repr(err)[:300]})
-                continue
-            first = first or res
-            ratio = res["runs_per_hour"] / first["runs_per_hour"] if first["finished"] else None
-            rows.append({"problem": name, **res, "vs_1_job": ratio,
-                         "paper_runs_per_hour": res["steps_per_s"] * 3600 / paper,
-                         "data": _label(variant)})  # fmt: skip
-    for name in PACKED:
-        if ctx.out_of_time():
+            _pack(cfg, bases[name], k, driver_jobs[name], rows, folder, packing_part, launcher)
+    # The driver's K on every problem first (the projection needs it), then the others.
+    firsts = [x for x in s.ks if x == k] or [max(s.ks)]
+    for ks in (firsts, [x for x in s.ks if x not in firsts]):
+        for name in PROBLEMS:
+            if ctx.out_of_time():
+                return
+            overrides = {"batch_size": s.batch[name]} if name in s.batch else {}
+            problem, data, _ = load_for_timing(name, cfg.device, cfg.out / "scratch",
+                                               kind=s.stand_in, real=False,
+                                               overrides=overrides)  # fmt: skip
+            paper = PROBLEMS[name].Config().num_steps
+            for row in seed_groups(problem, ks, s.seed_steps, folder / f"groups-{name}",
+                                   cfg.device, ctx.deadline):  # fmt: skip
+                groups.append({"problem": name, "K": row["K"],
+                               "single_step_ms": row["single_s"] * 1e3,
+                               "member_step_ms": row["member_s"] * 1e3, "cost": row["cost"],
+                               "speed_up": row["speed_up"],
+                               "paper_runs_per_hour": 3600 / (row["member_s"] * paper),
+                               "data": data})  # fmt: skip
+    groups.sort(key=lambda row: (list(PROBLEMS).index(row["problem"]), row["K"]))
+
+
+def _base(cfg: CheckConfig, name: str, variant: str):
+    """M-SVAG on ``name``: a short run with a 1-batch evaluation (``pack_steps``)."""
+    s = cfg.sizes
+    overrides = [
+        f"device={cfg.device}",
+        "profile=paper",
+        "train.progress=off",
+        f"train.num_steps={s.pack_steps[name]}",
+        "train.eval_points=1",
+        "train.eval_max_batches=1",
+        "train.checkpoint_every=null",
+        f"data.variant={variant}",
+        *cfg.data_overrides(),
+        *([f"problem.batch_size={s.batch[name]}"] if name in s.batch else []),
+    ]
+    return cfg.planner([(name, "msvag")], overrides)[(name, "msvag")]
+
+
+def _pack(cfg: CheckConfig, base, k: int, jobs: int, rows: list, folder: Path,
+          deadline: Deadline, launcher) -> None:  # fmt: skip
+    """The driver's groups of ``k`` one task at a time and ``jobs`` tasks at once (the
+    packing gain the projection uses), then single runs with N = 1, 2, ... at once."""
+    s, name = cfg.sizes, base.problem
+    paper = PROBLEMS[name].Config().num_steps
+    # The driver's groups first: the projection's packing gain rests on them.
+    plan = list(dict.fromkeys([(1, k), (jobs, k)])) if k > 1 else []
+    plan += [(n, 1) for n in s.jobs]
+    first = {}
+    for n, m in plan:
+        if deadline.expired():
             return
-        paper = PROBLEMS[name].Config().num_steps
-        overrides = {"batch_size": s.batch[name]} if name in s.batch else {}
-        problem, data, _ = load_for_timing(
-            name, cfg.device, cfg.out / "scratch", kind=s.stand_in, real=False, overrides=overrides
-        )
-        for row in seed_groups(problem, s.ks, s.seed_steps, folder / f"seeds-{name}",
-                               cfg.device, ctx.deadline):  # fmt: skip
-            seeds.append({"problem": name, "K": row["K"], "seed_step_ms": row["seed_step_s"] * 1e3,
-                          "speed_up": row["speed_up"],
-                          "paper_runs_per_hour": 3600 / (row["seed_step_s"] * paper),
-                          "data": data})  # fmt: skip
+        try:
+            res = packed(base, n, n * m * s.runs_per_job, cfg.device, folder / f"{name}-{n}x{m}",
+                         members=m, launcher=launcher)  # fmt: skip
+        except Exception as err:  # a worker's run failed: its record says why
+            rows.append({"problem": name, "jobs_per_device": n, "members": m,
+                         "error": repr(err)[:300]})  # fmt: skip
+            continue
+        one = first.setdefault(m, res)
+        ratio = res["steps_per_s"] / one["steps_per_s"] if one["finished"] else None
+        rows.append({"problem": name, **res, "vs_1_job": ratio,
+                     "paper_runs_per_hour": res["steps_per_s"] * 3600 / paper,
+                     "driver": k > 1 and (n, m) == (jobs, k),
+                     "data": label(base.data_variant)})  # fmt: skip
 
 
-# --- 6. a real P1 run, then the reproduction ------------------------------------------
-def finished(store: Path, profile: str) -> dict[str, int]:
-    """Finished runs and probes of P1 in the store."""
-    counts = {"runs": 0, "probes": 0}
-    for path in Path(store, profile, "fmnist_2c2d").glob("*/*/*/summary.json"):
-        summary = json.loads(path.read_text())
-        if summary.get("status") in FINISHED:
-            counts["probes" if "stop_at" in summary else "runs"] += 1
-    return counts
-
-
+# --- 6. a real P1 run, then the start of the reproduction ----------------------------
 def p1_section(cfg: CheckConfig, ctx: Context) -> None:
     s, store = cfg.sizes, cfg.out / "store"
-    variant = "synthetic" if cfg.tiny else _variant(ctx, "fmnist_2c2d")
-    common = [f"results_root={store}", f"device={cfg.device}", *cfg.data_overrides()]
-    margin = min(15.0, max(8.0, 0.1 * ctx.share_s))  # to checkpoint and exit after SIGTERM
+    variant = variant_of(cfg, ctx)
+    margin = margin_s(ctx)
     cmd = [
         cfg.python,
         str(cfg.root / "scripts" / "train.py"),
@@ -119,7 +155,9 @@ def p1_section(cfg: CheckConfig, ctx: Context) -> None:
         f"data.variant={variant}",
         "train.progress=lines",
         "force=true",
-        *common,
+        f"results_root={store}",
+        f"device={cfg.device}",
+        *cfg.data_overrides(),
     ]
     started = time.time()
     res = run_until(
@@ -129,14 +167,13 @@ def p1_section(cfg: CheckConfig, ctx: Context) -> None:
     summaries = [p for p in runs.glob("seed=0-*/summary.json") if p.stat().st_mtime >= started]
     summary = json.loads(summaries[0].read_text()) if summaries else {}
     final = summary.get("final") or {}
-    label = _label(variant)
     row = {
         **res,
         "status": summary.get("status") or ("interrupted" if res["stopped_at_deadline"] else None),
         "steps": summary.get("steps_done"),
         "train_time_s": summary.get("train_time_s"),
         "test_accuracy": final.get("test_accuracy"),
-        "data": label,
+        "data": label(variant),
     }
     ctx.table(
         f"P1 (fmnist_2c2d), M-SVAG lr {cfg.p1_lr}, seed 0, the {s.profile} profile's budget "
@@ -149,59 +186,76 @@ def p1_section(cfg: CheckConfig, ctx: Context) -> None:
         ctx.stopped = True
         return
     before = finished(store, s.profile)
-    cmd = [
-        cfg.python,
-        str(cfg.root / "scripts" / "reproduce.py"),
-        "problems=[fmnist_2c2d]",
-        f"profile={s.profile}",
-        "estimate=false",
-        f"overrides=['data.variant={variant}']",
-        *common,
-    ]
     end = ctx.deadline.at - margin
     if s.reproduce_s is not None:
         end = min(end, time.perf_counter() + s.reproduce_s)
-    res = run_until(cmd, Deadline(end), cfg.out / "reproduce.log", cfg.root, margin)
+    log = cfg.out / "reproduce.log"
+    res = run_until(reproduce_cmd(cfg, variant), Deadline(end), log, cfg.root, margin)
     after = finished(store, s.profile)
     row = {
         **res,
         "runs_finished": after["runs"] - before["runs"],
         "probes_finished": after["probes"] - before["probes"],
-        "data": label,
+        "data": label(variant),
     }
     ctx.table(
         f"The P1 reproduction (`scripts/reproduce.py`, {s.profile} profile) until the "
-        "section's deadline, then SIGTERM (resumable; log: reproduce.log)",
+        "section's deadline, then SIGTERM (the last section resumes it; log: reproduce.log)",
         [row],
     )
     ctx.data["reproduction"] = row
-    check_exit(res, cfg.out / "reproduce.log")
+    check_exit(res, log)
     ctx.stopped = res["stopped_at_deadline"]
 
 
 # --- 7. projection --------------------------------------------------------------------
+def measured_batching(ctx: Context, k: int) -> tuple[dict, dict]:
+    """From section 5: per problem the cost of a member-step in a group of ``k`` (the
+    largest K measured up to ``k``) relative to a single run, and the packing gain of the
+    driver's tasks side by side (driver row / the same groups one task at a time)."""
+    cost = {}
+    for row in ctx.shared.get("runs", {}).get("seed_parallel", []):
+        if row["K"] <= k and row["K"] >= cost.get(row["problem"], (0, 0))[0]:
+            cost[row["problem"]] = (row["K"], row["cost"])
+    gain = {}
+    for row in ctx.shared.get("runs", {}).get("packing", []):
+        if row.get("driver") and row.get("members") == k and row.get("vs_1_job"):
+            gain[row["problem"]] = row["vs_1_job"]
+    return {p: c for p, (_, c) in cost.items()}, gain
+
+
 def projection_section(cfg: CheckConfig, ctx: Context) -> None:
     eager = {n: t["step"] for n, t in ctx.shared.get("step", {}).items() if t["step"]}
     if not eager:
         raise RuntimeError("no step times: the per-problem section did not time any problem")
     r = cfg.reproduction()
+    k = members(r)
+    cost, gain = measured_batching(ctx, k)
+    if r.batching.launcher != "packed":  # the driver trains one task at a time here
+        gain = {}
     best = dict(eager)
     compiled = ctx.shared.get("compiled", {})
     for name, mode in compile_choice(ctx.shared["step"], compiled).items():
         if mode is not None:
             best[name] = compiled[name][mode]["step"]
     for title, seconds in (("eager", eager), ("compiled where recommended", best)):
-        rows = [{**row, "hours": row.pop("seconds") / 3600} for row in projection(r, seconds)]
+        member = {p: seconds[p] * c for p, c in cost.items() if p in seconds}
+        rows = [{**row, "hours": row.pop("seconds") / 3600}
+                for row in projection(r, seconds, None, member, gain)]  # fmt: skip
         ctx.table(
             f"The paper protocol ({len(r.pairs)} (problem, method) pairs) on this device, "
-            f"{title}: runs x step time (input + fwd+bwd + M-SVAG step, section 3)",
+            f"{title}: member-steps x step time (section 3) x the group's cost per member "
+            "(section 5, groups of the driver's size) / the packing gain (section 5)",
             rows,
         )
-        ctx.data[title] = {"rows": rows, "text": project(r, seconds)}
+        ctx.data[title] = {"rows": rows, "text": project(r, seconds, None, member, gain)}
         if best == eager:
             break
+    ctx.note(f"the settings the driver would use here: {r.batching.line()}")
     ctx.note(
         "as `scripts/reproduce.py` prints it (`protocol.estimate.project`):\n"
         + ctx.data["eager"]["text"]
     )
-    ctx.note("every method is costed at M-SVAG's step time; evaluation passes are extra")
+    ctx.note("every method is costed at M-SVAG's step time; evaluation passes are extra; a "
+             "problem without a measured group cost or packing gain is costed as single runs "
+             "one at a time")  # fmt: skip

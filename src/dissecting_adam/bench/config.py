@@ -29,13 +29,20 @@ class Sizes:
     runner_problems: tuple[str, ...] = ("fmnist_2c2d", "tolstoi_char_rnn")
     runner_steps: int = 100
     runner_repeats: int = 3
-    jobs: tuple[int, ...] = (1, 2, 4, 8)  # jobs_per_device
+    jobs: tuple[int, ...] = (1, 2, 4, 8)  # jobs_per_device, single runs
     runs_per_job: int = 2
     pack_steps: dict = field(default_factory=lambda: {"fmnist_2c2d": 300, "cifar10_3c3d": 200})
-    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # parallel_seeds
+    # Groups: K members against a single run, on every problem; the driver's K first.
+    ks: tuple[int, ...] = (2, 4, 10)
     seed_steps: int = 30
+    # The driver's batching for the packing measurement "as the driver runs it": None takes
+    # the reproduction's (``parallel_seeds`` and ``jobs_per_device`` as resolved on the device).
+    group_members: int | None = None
+    group_jobs: int | None = None
     profile: str = "paper"  # of the P1 run and the reproduction
-    reproduce_s: float | None = None  # at most this long for the reproduction (None: the rest)
+    reproduce_s: float | None = None  # section 6's share of the reproduction (None: the rest)
+    reproduce_overrides: tuple[str, ...] = ()  # of every run of the P1 reproduction
+    weights: dict = field(default_factory=dict)  # section -> its weight, instead of check.PLAN's
 
 
 FULL = Sizes(wrn=(40, 4), optim_rounds=40, reference_rounds=3, steps=30, warmup=5)
@@ -55,10 +62,16 @@ TINY = Sizes(
     jobs=(1, 2),
     runs_per_job=1,
     pack_steps={"fmnist_2c2d": 3, "cifar10_3c3d": 3},
-    ks=(1, 2),
+    ks=(2,),
     seed_steps=2,
+    group_members=2,  # groups even on the CPU, where the driver would not form them
+    group_jobs=2,
     profile="smoke",
-    reproduce_s=15.0,
+    reproduce_s=10.0,
+    # Tiny runs leave the last section most of its share: section 6 gets enough to start
+    # the reproduction that the last section resumes.
+    weights={"runs_per_hour": 0.2, "p1_run": 0.25, "p1_protocol": 0.25},
+    reproduce_overrides=("problem.batch_size=8", "problem.eval_batch_size=16", "train.num_steps=4"),
 )
 
 

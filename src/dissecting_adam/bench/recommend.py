@@ -1,5 +1,5 @@
-"""What the GPU check's measurements recommend, per problem: compile or not, how many runs
-at once on a device (``jobs_per_device``), and how many seeds per run (``parallel_seeds``).
+"""What the GPU check's measurements recommend, per problem: compile or not, how many tasks
+at once on a device (``jobs_per_device``), and whether groups pay (``parallel_seeds``).
 
 Pure functions of the sections' numbers; each choice names the numbers it rests on.
 """
@@ -76,20 +76,30 @@ def recommendations(shared: dict, data: dict) -> dict:
         lines.append(f"{name}: {verdict} ({parts}; over {steps:,} steps)")
     jobs = best_by(data.get("packing", []), "runs_per_hour")
     for name, best in jobs.items():
-        ratio = f", x{best['vs_1_job']:.2f} one job's" if best.get("vs_1_job") else ""
+        ratio = f", x{best['vs_1_job']:.2f} one task's" if best.get("vs_1_job") else ""
+        members = best.get("members") or 1
+        tasks = f" with groups of {members}" if members > 1 else ""
         lines.append(
-            f"{name}: `jobs_per_device={best['jobs_per_device']}` ({best['runs_per_hour']:.0f} "
-            f"short runs/hour{ratio}, the most measured)"
+            f"{name}: `jobs_per_device={best['jobs_per_device']}`{tasks} "
+            f"({best['runs_per_hour']:.0f} short runs/hour{ratio}, the most measured)"
         )
     seeds = best_by(data.get("seed_parallel", []), "speed_up")
     for name, best in seeds.items():
-        lines.append(
-            f"{name}: `parallel_seeds={best['K']}` (x{best['speed_up']:.2f} per "
-            "seed-step over single runs, the most measured)"
-        )
+        cost = 1.0 / best["speed_up"]
+        if best["speed_up"] > 1.0:
+            lines.append(
+                f"{name}: groups pay, `parallel_seeds=auto` (groups of 10 on CUDA) or "
+                f"`parallel_seeds={best['K']}` (a member-step costs x{cost:.2f} of a single "
+                "run's step, the least measured)"
+            )
+        else:
+            lines.append(
+                f"{name}: groups do not pay here (a member-step costs x{cost:.2f} of a single "
+                f"run's step at best, K={best['K']}): `parallel_seeds=1`"
+            )
     return {
         "compile": choice,
         "jobs_per_device": {n: b["jobs_per_device"] for n, b in jobs.items()},
-        "parallel_seeds": {n: b["K"] for n, b in seeds.items()},
+        "parallel_seeds": {n: b["K"] if b["speed_up"] > 1.0 else 1 for n, b in seeds.items()},
         "lines": lines,
     }

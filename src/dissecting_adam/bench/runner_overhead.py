@@ -1,4 +1,4 @@
-"""Runner overhead: time per step of ``runner.loop.train`` against a bare loop.
+"""Runner overhead: time per step of ``runner.loop.train`` (one run) against a bare loop.
 
 Both loops train the same model, data and optimizer (M-SVAG) in the same process; the
 trials alternate (bare, runner, bare, ...) and the median time per step of each is
@@ -63,7 +63,7 @@ def runner_loop(
     run.checkpoint_file.unlink(missing_ok=True)
     sync(device)
     t0 = time.perf_counter()
-    train_module.train(problem, model, opt, sched, settings, run)
+    train_module.train_single(problem, model, opt, sched, settings, run)
     sync(device)
     return (time.perf_counter() - t0) / steps
 

@@ -83,13 +83,13 @@ def peak_memory_mib(device) -> float | None:
 
 @contextlib.contextmanager
 def evaluation_off() -> Iterator[None]:
-    """The runner's evaluation passes replaced by no-ops (single and seed-parallel loops),
+    """The runner's evaluation passes replaced by no-ops (single runs and groups: one loop),
     so that a timed ``train()`` measures training steps only."""
-    from ..runner import loop, parallel
+    from ..runner import loop
 
-    saved = loop.evaluation_rows, parallel.evaluation_rows
-    loop.evaluation_rows = parallel.evaluation_rows = lambda *args: []
+    saved = loop.evaluation_rows
+    loop.evaluation_rows = lambda *args: []
     try:
         yield
     finally:
-        loop.evaluation_rows, parallel.evaluation_rows = saved
+        loop.evaluation_rows = saved

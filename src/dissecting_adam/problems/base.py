@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from .batching import Batch
+from .batched import BatchedLoss
+from .batching import Batch, TrainBatches
 from .models.layers import l2_term
 
 
@@ -73,8 +74,9 @@ class Problem(ABC):
     Config: type[ProblemConfig] = ProblemConfig
     #: Whether per-example gradients are defined (mini-batch variance, ``per_example``).
     per_example_gradients: bool = True
-    #: Whether K seeds can train as one vmapped computation (``runner.parallel``): training
-    #: is a pure function of (parameters, batch), with no state carried between batches.
+    #: Whether K members (seeds) can train as one batched computation: ``batched_loss``
+    #: gives each member the loss, gradients, buffer updates, carried state and random draws
+    #: of its single model on the same batch (to float tolerance; draws exactly).
     seed_parallel: bool = False
 
     def __init__(self, config: ProblemConfig | None = None, source=None):
@@ -155,8 +157,10 @@ class Problem(ABC):
         self.load_data()
 
     @abstractmethod
-    def train_batches(self, seed: int) -> Iterator[Batch]:
-        """The training batches, forever, in the order that ``seed`` fixes."""
+    def train_batches(self, seed: int, state: dict | None = None) -> TrainBatches:
+        """The training batches, forever, in the order that ``seed`` fixes; from ``state``
+        (an earlier iterator's ``state()``, of this problem and seed) the batches that
+        iterator would have yielded next, at a cost independent of its position."""
 
     @abstractmethod
     def eval_batches(self, split: str) -> Iterator[Batch]:
@@ -176,6 +180,11 @@ class Problem(ABC):
         logits = model(batch.inputs)
         data_loss = F.cross_entropy(logits.flatten(0, -2), batch.targets.flatten())
         return data_loss + self.l2_term(model)
+
+    def batched_loss(self, template: nn.Module) -> BatchedLoss:
+        """The training loss of K members at once (``problems.batched``); ``template`` is a
+        model of this problem (any member's; it is copied, not changed)."""
+        return BatchedLoss(self, template)
 
     @contextlib.contextmanager
     def evaluation_context(self, model: nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import augment
 from .base import Problem, ProblemConfig
-from .batching import Batch, epoch_indices
+from .batching import Batch, ShuffledBatches
 from .datasets.images import (
     CIFAR10,
     CIFAR100,
@@ -57,20 +57,42 @@ class ImageProblem(Problem):
         gen = torch.Generator().manual_seed(TRAIN_EVAL_SEED)
         return torch.randperm(n_train, generator=gen)[: min(n_test, n_train)]
 
-    def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def train_draws(self, batch: int, gen: torch.Generator):
+        """The random numbers ``train_transform`` uses for ``batch`` images, drawn from
+        ``gen`` (None: it uses none). Skipping batches draws exactly these."""
+        return None
+
+    def transform_with(self, images: torch.Tensor, draws) -> torch.Tensor:
+        """Training images to floats, given ``train_draws``'s result."""
         return self.eval_transform(images)
+
+    def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # Split in two so that ``skip`` makes the very draws of a batch without its pixels.
+        return self.transform_with(images, self.train_draws(len(images), gen))
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0)  # pixels to [0, 1]
 
-    def train_batches(self, seed: int) -> Iterator[Batch]:
-        gen = torch.Generator().manual_seed(seed)
+    def train_batches(self, seed: int, state: dict | None = None) -> ShuffledBatches:
+        """Shuffled epochs from ``torch.Generator().manual_seed(seed)``: per epoch a
+        permutation, then per batch the transform's draws (CIFAR's augmentation), from that
+        one generator; ``state`` (an iterator's ``state()``) continues where it was."""
         data = self.data
-        n = len(data.train_labels)
-        per_epoch = n // self.batch_size
-        for step, idx in enumerate(epoch_indices(n, self.batch_size, gen, self.device)):
-            inputs = self.train_transform(data.train_images[idx], gen)
-            yield Batch(inputs, data.train_labels[idx], step // per_epoch, step % per_epoch == 0)
+        images, labels = data.train_images, data.train_labels
+
+        def form(idx: torch.Tensor, gen: torch.Generator):
+            return self.train_transform(images[idx], gen), labels[idx]
+
+        return ShuffledBatches(
+            len(labels),
+            self.batch_size,
+            seed,
+            self.device,
+            form,
+            lambda gen: self.train_draws(self.batch_size, gen),
+            {"problem": self.name},
+            state,
+        )
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         data = self.data
@@ -114,10 +136,13 @@ class CIFARConfig(ProblemConfig):
 class CIFARProblem(ImageProblem):
     """DeepOBS's TF CIFAR pipeline: augmented training images, standardised test images."""
 
-    def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if not self.config.augment:
+    def train_draws(self, batch: int, gen: torch.Generator) -> augment.AugmentParams | None:
+        return augment.draw_params(batch, gen) if self.config.augment else None
+
+    def transform_with(self, images: torch.Tensor, draws) -> torch.Tensor:
+        if draws is None:
             return self.eval_transform(images)
-        return augment.augment(images, augment.draw_params(len(images), gen))
+        return augment.augment(images, draws)
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         return augment.preprocess_test(images)
@@ -160,7 +185,7 @@ class CIFAR100WRN404(CIFARProblem):
     name = "cifar100_wrn404"
     Config = CIFAR100WRN404Config
     per_example_gradients = False  # BatchNorm in training mode mixes the examples
-    seed_parallel = False  # BatchNorm updates its running buffers in place
+    seed_parallel = True  # running BatchNorm buffers: stacked, updated per member
 
     def default_source(self):
         return CIFAR100

@@ -5,6 +5,10 @@ continue each stream by ``seq_length`` characters, and the targets are the input
 one. The LSTM state is carried from batch to batch (detached) and reset to zero at the start
 of every training epoch and every evaluation pass; an evaluation in the middle of an epoch
 leaves the training state as it found it.
+
+K members at once (``batched_loss``): the state is carried per member, stacked (K, 1, B, H),
+and reset per member at its epoch starts; dropout masks are drawn member by member from each
+member's own RNG stream, outside vmap, as the single model's ``nn.Dropout`` calls draw them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Problem, ProblemConfig
-from .batching import Batch, stream_batches, stream_view
+from .batched import BatchedLoss
+from .batching import Batch, StreamBatches, stream_batches, stream_view
 from .datasets.integrity import DataError
 from .datasets.tolstoi import TextData, TextSource, load_tolstoi, tolstoi_manifest
 from .models.char_rnn import CharRNN
@@ -52,6 +58,7 @@ class TolstoiCharRNNConfig(ProblemConfig):
 class TolstoiCharRNN(Problem):
     name = "tolstoi_char_rnn"
     Config = TolstoiCharRNNConfig
+    seed_parallel = True
 
     def default_source(self) -> TextSource:
         return TextSource()
@@ -79,13 +86,12 @@ class TolstoiCharRNN(Problem):
     def make_model(self) -> nn.Module:
         return CharRNN(self.config.vocab_size, 128, self.config.keep_prob)
 
-    def train_batches(self, seed: int) -> Iterator[Batch]:
-        """DeepOBS's batches, epoch after epoch; ``seed`` has no effect (nothing is shuffled)."""
-        x, y = stream_view(self.data.train, self.batch_size, self.config.seq_length, True)
-        epoch = 0
-        while True:
-            yield from stream_batches(x, y, self.config.seq_length, epoch)
-            epoch += 1
+    def train_batches(self, seed: int, state: dict | None = None) -> StreamBatches:
+        """DeepOBS's batches, epoch after epoch; ``seed`` has no effect (nothing is shuffled)
+        but is recorded in the state, which resumes this seed's iterator only."""
+        seq_length = self.config.seq_length
+        x, y = stream_view(self.data.train, self.batch_size, seq_length, True)
+        return StreamBatches(x, y, seq_length, seed, {"problem": self.name}, state)
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """Test split, or the first len(test) characters of the training split."""
@@ -106,3 +112,102 @@ class TolstoiCharRNN(Problem):
             yield
         finally:
             model.state = saved
+
+    def batched_loss(self, template: nn.Module) -> BatchedLoss:
+        return CharRNNBatchedLoss(self, template)
+
+
+class _MemberLoss(nn.Module):
+    """One member's training loss and final LSTM state, given its state and dropout masks."""
+
+    def __init__(self, problem: Problem, model: CharRNN):
+        super().__init__()
+        self.problem, self.model = problem, model
+
+    def forward(self, inputs, targets, state, masks):
+        logits, state = self.model.forward_masked(inputs, state, masks)
+        data_loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+        return data_loss + self.problem.l2_term(self.model), state
+
+
+class CharRNNBatchedLoss(BatchedLoss):
+    """K char-LSTMs: carried state ((h, c) per layer, each (K, 1, B, H)), per-member resets
+    at epoch starts, and dropout masks from each member's RNG stream.
+
+    Per step, member k's four masks are drawn inside ``member_rng(k)``, for k = 0..K-1, before
+    the batched forward pass: exactly the random numbers its single run's training forward
+    draws (and nothing else is drawn there).
+    """
+
+    def __init__(self, problem: Problem, template: nn.Module):
+        super().__init__(problem, template)
+        self._model.reset_state()  # the copy's; members' states are carried, not kept here
+        self._layout_cache = None
+
+    def member_module(self, problem: Problem, model: nn.Module) -> nn.Module:
+        return _MemberLoss(problem, model)
+
+    @property
+    def _model(self) -> CharRNN:
+        return self.module.model
+
+    def _zeros(self, k: int, batch: int, device, dtype):
+        hidden = self._model.lstm1.hidden_size
+        zeros = lambda: torch.zeros(k, 1, batch, hidden, device=device, dtype=dtype)  # noqa: E731
+        return tuple((zeros(), zeros()) for _ in range(2))
+
+    def init_carried(self, k: int, device):
+        dtype = self._model.embedding.weight.dtype
+        return self._zeros(k, self.problem.batch_size, device, dtype)
+
+    def __call__(self, params, buffers, batches, carried, member_rng):
+        inputs = torch.stack([b.inputs for b in batches])  # (K, B, T)
+        targets = torch.stack([b.targets for b in batches])
+        K, B, T = inputs.shape
+        dtype, device = params["embedding.weight"].dtype, inputs.device
+        starts = [b.epoch_start for b in batches]
+        if carried is None or carried[0][0].shape[2] != B:  # as CharRNN: start afresh
+            carried = self._zeros(K, B, device, dtype)
+        elif any(starts):  # before_batch's reset, for these members only
+            keep = torch.tensor([not s for s in starts], device=device).view(K, 1, 1, 1)
+            carried = tuple(tuple(torch.where(keep, t, 0.0) for t in layer) for layer in carried)
+        layouts = self._layouts(B, T, dtype, device)
+        drawn = []
+        for k in range(K):
+            with member_rng(k):
+                drawn.append(self._model.dropout_masks(layouts))
+        masks = tuple(torch.stack(m) for m in zip(*drawn, strict=True))  # 4 x (K, B, T, H)
+        losses, state = self.fn(params, buffers, inputs, targets, carried, masks)
+        return losses, tuple(tuple(t.detach() for t in layer) for layer in state)
+
+    def _layouts(self, batch: int, steps: int, dtype, device):
+        key = (batch, steps, dtype, torch.device(device))
+        if self._layout_cache is None or self._layout_cache[0] != key:
+            self._layout_cache = (key, self._model.dropout_layouts(batch, steps, dtype, device))
+        return self._layout_cache[1]
+
+    def carried_of(self, carried, k: int):
+        """Member k's state as ``CharRNN.state`` holds it: ((h, c), (h, c)), each (1, B, H)."""
+        if carried is None:
+            return None
+        return tuple((h[k].clone(), c[k].clone()) for h, c in carried)
+
+    def with_member(self, carried, k: int, state):
+        """A copy of ``carried`` whose member k starts from ``state`` (None: zeros, as a fresh
+        CharRNN); ``carried`` must come from ``init_carried`` or a call."""
+        new = tuple((h.clone(), c.clone()) for h, c in carried)
+        with torch.no_grad():
+            for i, (h, c) in enumerate(new):
+                if state is None:
+                    h[k].zero_()
+                    c[k].zero_()
+                    continue
+                single_h, single_c = state[i]
+                if single_h.shape != h[k].shape or single_c.shape != c[k].shape:
+                    raise ValueError(
+                        f"member state {tuple(single_h.shape)} does not fit the group's "
+                        f"{tuple(h[k].shape)} (a different number of streams?)"
+                    )
+                h[k].copy_(single_h)
+                c[k].copy_(single_c)
+        return new

@@ -16,11 +16,23 @@ runs of every pair and hands them to the launcher as one batch.
     replicate: the selected step size with every replicate seed;
     report:    curves, summary, claims and figures from the store only (``outputs``).
 
+Batching (``r.batching``, from ``batching.resolve``): the launcher trains the runs of a batch
+that differ only in seed and step size as groups of up to ``members``, so a search round's
+step sizes of a pair form one group and so do its replicates. With groups, a pair's probe
+round also probes ahead: the grid points the walk may need next, as many as fit in a group
+(``probe_ahead``), so that one group answers what single probes answer in several rounds.
+The walk reads only the outcomes it needs, so the largest stable step size, the search and
+the selection are those of single probes; the probes it did not need stay in the store.
+
 ``dry_run`` prints the plan (what is in the store, what would run next) and runs nothing.
+
+Longer than 300 lines: the rounds, the probing ahead and the dry run read one pair state
+(``PairState``) that would otherwise be passed between modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import methods
-from ..runner.spec import RunSpec
+from ..runner.plan import can_run
+from ..runner.spec import ConfigError, RunSpec
 from . import outputs
+from .batching import Batching
 from .progress import Tracker
-from .search import METRICS, Outcome, SearchSettings
+from .search import METRICS, Outcome, Probe, SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,7 @@ class Reproduction:
     out_dir: Path
     profile: str
     claims: tuple | None = None  # (claims, ClaimSettings) checked against the replicates
+    batching: Batching = Batching()  # group size and launcher in effect, and why
 
     @property
     def pairs(self) -> list[Pair]:
@@ -124,29 +139,69 @@ def search_round(r: Reproduction, states: dict[Pair, PairState]) -> list[RunSpec
     batch = []
     for pair, st in states.items():
         method = methods.get(pair[1])
-        if st.top is None:  # probe phase: one run at a time, up or down the grid
+        if st.top is None:  # probe phase: up or down the grid (ahead, with groups)
             probe = r.search.probe(method)
             while (lr := probe.next_lr(st.probes)) is not None:
                 out = outcome_of(r.probe(pair, lr), r.search)
                 if out is None:
-                    batch.append(r.probe(pair, lr))
+                    ahead = probe_ahead(probe, st.probes, group_size(r, pair))
+                    batch += [
+                        r.probe(pair, x)
+                        for x in ahead
+                        if x == lr or outcome_of(r.probe(pair, x), r.search) is None
+                    ]
                     break
                 st.probes[lr] = out
             if lr is not None:
                 continue
             st.top, st.cap_reached = probe.top(st.probes), probe.cap_reached(st.probes)
         search = r.search.search(method, st.top)
-        for lr in search.lrs:
-            if lr not in st.outcomes and (out := outcome_of(r.search_run(pair, lr), r.search)):
-                st.outcomes[lr] = out
-        known = st.outcomes
-        pending = (
-            [search.next_lr(known)]
-            if search.largest_stable(known) is None
-            else [lr for lr in search.searched(known) if lr not in known]
-        )
-        batch += [r.search_run(pair, lr) for lr in pending if lr is not None]
+        batch += [r.search_run(pair, lr) for lr in known_outcomes(r, pair, search, st)]
     return batch
+
+
+def _pending(search, known: dict[float, Outcome]) -> list[float]:
+    if search.largest_stable(known) is None:
+        return [lr] if (lr := search.next_lr(known)) is not None else []
+    return [lr for lr in search.searched(known) if lr not in known]
+
+
+def known_outcomes(r: Reproduction, pair: Pair, search, st: PairState) -> list[float]:
+    """Read into ``st.outcomes`` the stored search runs the search needs, in the order it
+    needs them; return the step sizes it needs next. A stored run it does not need (a
+    whole-run probe ahead, ``probe_fraction`` 1) is not read, so it is in no table."""
+    while True:
+        pending = _pending(search, st.outcomes)
+        found = {lr: out for lr in pending if (out := outcome_of(r.search_run(pair, lr), r.search))}
+        if not found:
+            return pending
+        st.outcomes.update(found)
+
+
+def group_size(r: Reproduction, pair: Pair) -> int:
+    """Members of a group for ``pair`` (1 where its method or problem cannot be grouped:
+    probing ahead would then only add single runs)."""
+    k = r.batching.members
+    return k if k > 1 and can_run(r.base[pair], k) else 1
+
+
+def probe_ahead(probe: Probe, known: dict[float, Outcome], members: int) -> list[float]:
+    """The probe walk's next step size and, with groups (``members`` > 1), the grid points
+    it may need after it, up to ``members`` in all: while the start is unknown, the start,
+    the points above it (to the cap) and then below it; once the start is stable, the
+    points above; once it is not, the points below. Outcomes the walk does not need are
+    never read, so the probes' verdicts are those of one probe at a time."""
+    first = probe.next_lr(known)
+    if first is None or members <= 1:
+        return [] if first is None else [first]
+    lrs, s = probe.lrs, probe.start
+    up, down = [lrs[i] for i in range(s - 1, -1, -1)], list(lrs[s + 1 :])
+    if lrs[s] not in known:
+        order = [lrs[s], *up, *down]
+    else:
+        order = up if known[lrs[s]].stable else down
+    order = order[order.index(first) :] if first in order else [first]
+    return [lr for lr in order if lr not in known][:members]
 
 
 def selections(r: Reproduction, states: dict[Pair, PairState]) -> dict:
@@ -211,13 +266,17 @@ def warn_edges(r: Reproduction, chosen: dict) -> None:
 # --- the whole reproduction -----------------------------------------------------------
 def reproduce(r: Reproduction) -> dict[str, Path]:
     t0 = time.perf_counter()
+    check(r)
     tracker = Tracker(r, lambda line: print(line, flush=True))
-    chosen = run_search(r, tracker)
-    warn_edges(r, chosen)
-    todo = [spec for spec in replicates(r, chosen) if finished_summary(spec) is None]
-    if todo:
-        states = {pair: st for pair, (_, st) in chosen.items()}
-        launch(r, todo, tracker.phase("replicates", todo, states))
+    # A launcher with worker processes keeps them for every batch of the reproduction.
+    kept = getattr(r.launch, "kept", None)
+    with kept() if kept is not None else contextlib.nullcontext():
+        chosen = run_search(r, tracker)
+        warn_edges(r, chosen)
+        todo = [spec for spec in replicates(r, chosen) if finished_summary(spec) is None]
+        if todo:
+            states = {pair: st for pair, (_, st) in chosen.items()}
+            launch(r, todo, tracker.phase("replicates", todo, states))
     paths = outputs.write(r, chosen)
     print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min. Outputs:")
     for path in sorted(r.out_dir.iterdir()):
@@ -225,9 +284,19 @@ def reproduce(r: Reproduction) -> dict[str, Path]:
     return paths
 
 
+def check(r: Reproduction) -> None:
+    """A ConfigError for a reproduction with nothing to reproduce."""
+    if not r.pairs:
+        raise ConfigError(
+            "no (problem, optimizer) pair to reproduce; name at least one problem and "
+            "optimizer that can run together"
+        )
+
+
 def plan(r: Reproduction) -> tuple[dict, list[RunSpec], dict, list[RunSpec], list[RunSpec]]:
     """What the store holds and what would run next: (states, next batch, selections,
     replicates, replicates still to run). Reads the store only."""
+    check(r)
     states = {pair: PairState() for pair in r.pairs}
     batch = search_round(r, states)
     chosen = selections(r, states)
@@ -244,7 +313,7 @@ def plan_line(r: Reproduction) -> str:
         f"Plan: {stored} search run(s) and {len(reps) - len(rep_todo)} replicate(s) in the "
         f"store; next: {len(batch)} search run(s), {len(rep_todo)} replicate(s) to run (+ "
         f"{searching * len(r.search.replicate_seeds)} after the {searching} search(es) still "
-        "open)."
+        f"open). {r.batching.line()}"
     )
 
 
@@ -254,7 +323,8 @@ def dry_run(r: Reproduction) -> str:
     nxt = {}
     for spec in batch:
         nxt.setdefault((spec.problem, spec.optimizer.name), []).append(spec)
-    lines = [f"Plan ({r.profile} profile, search '{r.search.name}'; nothing is run):"]
+    lines = [f"Plan ({r.profile} profile, search '{r.search.name}'; nothing is run):",
+             f"  {r.batching.line()}"]  # fmt: skip
     for pair, st in states.items():
         sel, _ = chosen[pair]
         done = len(st.probes) + len(st.outcomes)

@@ -16,6 +16,7 @@ import pandas as pd
 from .. import methods
 from ..runner import loggers, store
 from ..runner.files import atomic_write, dumps
+from ..runner.table import collect, write_table
 from . import aggregate, claims, plots
 
 
@@ -31,7 +32,7 @@ def write(r, chosen: dict) -> dict[str, Path]:
     """``r`` is the driver's ``Reproduction``; ``chosen`` maps pair -> (Selection, state)."""
     out = r.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    table = store.collect(Path(r.base[r.pairs[0]].results_root) / r.profile)
+    table = collect(Path(r.base[r.pairs[0]].results_root) / r.profile)
     problems = list(dict.fromkeys(p for p, _ in chosen))
     paths = {}
     picked = {pair: sel.lr for pair, (sel, _) in chosen.items() if sel is not None}
@@ -72,7 +73,7 @@ def write(r, chosen: dict) -> dict[str, Path]:
     # Replicates of the selected step sizes: exactly their runs, by identity hash.
     summary = aggregate.summary(reps) if len(reps) else pd.DataFrame()
     if len(reps):  # the table scripts/claims.py recomputes the claims from
-        paths["replicates"] = store.write_table(reps, out / "replicates.parquet")
+        paths["replicates"] = write_table(reps, out / "replicates.parquet")
     if len(summary):
         _csv(out / "summary.csv", summary)
         _text(out / "summary.md", banner + aggregate.to_markdown(summary))

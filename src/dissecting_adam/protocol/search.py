@@ -1,24 +1,8 @@
-"""The paper's step-size protocol as pure logic: grid, stability probe, selection, extension.
+"""The search settings (``conf/search/<name>.yaml``) and the protocol's pieces they build.
 
-Balles & Hennig (§6.1) tuned the step size alpha of each method "by first finding the
-maximal stable step size by trial and error, then searching downwards", and kept the one
-with the best test accuracy within the step budget. Automated here:
-
-1. ``grid``: 1, 3 and 6 times powers of ten (configurable), largest first.
-2. Probe (``Probe``): from the method's start, up the grid while runs are stable (to a
-   cap, ``up_points`` grid points above the start), else down until one is; the last
-   stable one is the largest stable step size. Stable means not diverged *and* made
-   progress (``Outcome.stable``).
-3. Search: it and the next ``points - 1`` grid points below it, each trained with one
-   search seed for the full budget (the probe's non-diverged run counts as one).
-4. Select: the best final (or best-during) metric; diverged runs rank last; within a
-   tolerance the larger step size wins (and the tie is reported).
-5. Extend: if the winner is the lowest point searched, search further down, up to
-   ``max_extensions`` more points.
-
-``StepSizeSearch.next_lr(outcomes)`` is a pure function of the outcomes so far, so a
-driver can restart at any time: finished runs come back from the results store and the
-search continues where it stopped.
+``SearchSettings`` checks every setting (one line each: the setting, the bad value, the
+fix) and builds the pure step-size logic of ``stepsize`` (grid, probe, search, selection)
+for each method; those names are importable from here too.
 """
 
 from __future__ import annotations
@@ -27,186 +11,35 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-
-def grid(lo: float, hi: float, mantissas: Sequence[float] = (1.0, 3.0, 6.0)) -> list[float]:
-    """All m * 10^k within [lo, hi], largest first, rounded to 12 significant digits."""
-    if not (0 < lo <= hi) or not all(0 < m < 10 for m in mantissas):
-        raise ValueError(f"need 0 < lo <= hi and mantissas in (0, 10); got {lo}, {hi}, {mantissas}")
-    values = set()
-    for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
-        for m in mantissas:
-            x = float(f"{m * 10.0**k:.12g}")
-            if lo * (1 - 1e-12) <= x <= hi * (1 + 1e-12):
-                values.add(x)
-    return sorted(values, reverse=True)
+from .stepsize import (  # noqa: F401 - the protocol's names, importable from here
+    Outcome,
+    Probe,
+    Selection,
+    StepSizeSearch,
+    grid,
+)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the search needs to know about one finished run."""
-
-    status: str  # "completed", "diverged" or "failed"
-    metric: float | None = None  # the selection metric (None if the run has none)
-    progressed: bool | None = None  # final training loss < progress_ratio x initial one
-
-    @property
-    def stable(self) -> bool:
-        """Not diverged, and not stuck: a saturated network whose loss never falls is not
-        a stable step size (None, progress unknown, counts as progress)."""
-        return self.status != "diverged" and self.progressed is not False
+def _number(x) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-@dataclass(frozen=True)
-class Probe:
-    """The search for the largest stable step size on ``lrs`` (largest first).
-
-    From ``lrs[start]`` (the method's start): while stable, go up one grid point at a time
-    (``lrs[0]`` is the cap); if the start is not stable, go down until a step size is.
-    """
-
-    lrs: tuple[float, ...]
-    start: int = 0
-
-    def _walk(self, outcomes: Mapping[float, Outcome]) -> tuple[float | None, int | None]:
-        """(the next lr to probe, None) or (None, index of the largest stable lr)."""
-        lrs, s = self.lrs, self.start
-        if lrs[s] not in outcomes:
-            return lrs[s], None
-        if outcomes[lrs[s]].stable:
-            for i in range(s, 0, -1):  # up while stable
-                above = lrs[i - 1]
-                if above not in outcomes:
-                    return above, None
-                if not outcomes[above].stable:
-                    return None, i
-            return None, 0
-        for i in range(s + 1, len(lrs)):  # down until stable
-            if lrs[i] not in outcomes:
-                return lrs[i], None
-            if outcomes[lrs[i]].stable:
-                return None, i
-        return None, len(lrs)  # nothing is stable
-
-    def next_lr(self, outcomes: Mapping[float, Outcome]) -> float | None:
-        return self._walk(outcomes)[0]
-
-    def top(self, outcomes: Mapping[float, Outcome]) -> int | None:
-        """Index of the largest stable lr (``len(lrs)``: none), once the probe is done."""
-        return self._walk(outcomes)[1]
-
-    def cap_reached(self, outcomes: Mapping[float, Outcome]) -> bool:
-        """The cap itself was stable: a larger step size may be stable (and better)."""
-        return self.top(outcomes) == 0
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
-@dataclass(frozen=True)
-class Selection:
-    lr: float
-    metric: float
-    ranking: list[tuple[float, str, float | None]] = field(default_factory=list)
-    tie_with: list[float] = field(default_factory=list)  # smaller lrs within the tolerance
-    on_lower_edge: bool = False
+def _sequence(x) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, str)
 
 
-@dataclass(frozen=True)
-class StepSizeSearch:
-    """The search over one (problem, optimizer): which lr to run next, and which to keep.
-
-    Args:
-        lrs: the grid, largest first (see ``grid``).
-        points: how many grid points to search from the largest stable one down.
-        maximize: True for accuracy, False for a loss.
-        tolerance: metrics closer than this to the best count as ties (larger lr wins).
-        max_extensions: how many points to add below when the winner is on the lower edge.
-    """
-
-    lrs: tuple[float, ...]
-    points: int = 4
-    maximize: bool = True
-    tolerance: float = 0.0
-    max_extensions: int = 3
-
-    def __post_init__(self):
-        if list(self.lrs) != sorted(self.lrs, reverse=True) or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError("lrs must be distinct and sorted largest first")
-        if self.points < 1 or self.max_extensions < 0 or self.tolerance < 0:
-            raise ValueError("points >= 1, max_extensions >= 0 and tolerance >= 0 are required")
-
-    # --- phases -------------------------------------------------------------------------
-    def largest_stable(self, outcomes: Mapping[float, Outcome]) -> int | None:
-        """Index of the largest stable lr, once the probe has found it."""
-        for i, lr in enumerate(self.lrs):
-            if lr not in outcomes:
-                return None
-            if outcomes[lr].stable:
-                return i
-        return None
-
-    def searched(self, outcomes: Mapping[float, Outcome]) -> list[float]:
-        """The lrs of the search window as far as it is known (probe excluded)."""
-        top = self.largest_stable(outcomes)
-        if top is None:
-            return []
-        window = list(self.lrs[top : top + self.points])
-        extensions = 0
-        while extensions < self.max_extensions and all(lr in outcomes for lr in window):
-            best = self._select(window, outcomes)
-            below = top + len(window)
-            if best is None or best.lr != window[-1] or below >= len(self.lrs):
-                break
-            window.append(self.lrs[below])
-            extensions += 1
-        return window
-
-    def next_lr(self, outcomes: Mapping[float, Outcome]) -> float | None:
-        """The next lr to run, or None when the search is complete (or the grid exhausted)."""
-        for lr in self.lrs:  # walk down until a run is stable
-            if lr not in outcomes:
-                return lr
-            if outcomes[lr].stable:
-                break
-        else:
-            return None  # every grid point diverged
-        for lr in self.searched(outcomes):
-            if lr not in outcomes:
-                return lr
-        return None
-
-    def select(self, outcomes: Mapping[float, Outcome]) -> Selection | None:
-        """The selected lr once the search is complete, else None."""
-        if self.next_lr(outcomes) is not None:
-            return None
-        window = self.searched(outcomes)
-        return self._select(window, outcomes) if window else None
-
-    # --- ranking ------------------------------------------------------------------------
-    def _key(self, lr: float, outcome: Outcome) -> tuple:
-        ok = outcome.status == "completed" and outcome.metric is not None
-        ok = ok and math.isfinite(outcome.metric)
-        value = outcome.metric if ok else 0.0
-        return (ok, value if self.maximize else -value, lr)
-
-    def _select(self, window: list[float], outcomes: Mapping[float, Outcome]) -> Selection | None:
-        ranked = sorted(window, key=lambda lr: self._key(lr, outcomes[lr]), reverse=True)
-        best = ranked[0]
-        best_outcome = outcomes[best]
-        if not self._key(best, best_outcome)[0]:
-            return None  # nothing in the window completed
-        # Ties: the largest lr whose metric is within the tolerance of the best.
-        ties = [
-            lr
-            for lr in ranked
-            if self._key(lr, outcomes[lr])[0]
-            and abs(outcomes[lr].metric - best_outcome.metric) <= self.tolerance
-        ]
-        chosen = max(ties)
-        return Selection(
-            lr=chosen,
-            metric=outcomes[chosen].metric,
-            ranking=[(lr, outcomes[lr].status, outcomes[lr].metric) for lr in ranked],
-            tie_with=sorted((lr for lr in ties if lr != chosen), reverse=True),
-            on_lower_edge=chosen == window[-1],
-        )
+def _show(value) -> str:
+    """A value as it would be written in an override."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
 
 
 #: metric -> (evaluation split, column, higher is better)
@@ -218,7 +51,10 @@ class SearchSettings:
     """One search profile (``conf/search/<name>.yaml``): the grid, the phases, the seeds.
 
     ``grid_hi`` overrides, per method, where the probe starts; by default it is the
-    method's registry entry (``Method.grid_top[name]``).
+    method's registry entry (``Method.grid_top[name]``). Every setting is checked when the
+    settings are made (``problems``: a ValueError naming the setting, its value and the
+    fix), and ``check(method)`` checks one method's grid, so that a bad value stops a
+    reproduction before any run, never in the middle of it.
     """
 
     name: str
@@ -238,15 +74,88 @@ class SearchSettings:
     replicate_seeds: tuple[int, ...] = tuple(range(10))
 
     def __post_init__(self):
-        if self.metric not in METRICS:
-            raise ValueError(f"search.metric must be one of {list(METRICS)}, got {self.metric!r}")
-        if self.mode not in ("final", "best"):
-            raise ValueError(f"search.mode must be 'final' or 'best', got {self.mode!r}")
-        if not 0 < self.probe_fraction:
-            raise ValueError(f"search.probe_fraction must be > 0, got {self.probe_fraction}")
+        for problem in self.problems():
+            raise ValueError(problem)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one line each: ``search.<setting>=<value>
+        <what is wrong>; <fix>`` (empty when nothing is)."""
+        out = []
+
+        def bad(setting: str, value, what: str, fix: str) -> None:
+            out.append(f"search.{setting}={_show(value)} {what}; {fix}")
+
+        if not isinstance(self.name, str) or not self.name:
+            bad("name", self.name, "is not a name", "name the search profile, e.g. paper")
+        m = self.mantissas
+        if not _sequence(m) or not m:
+            bad("grid.mantissas", m, "is not a list of mantissas", "e.g. [1, 3, 6]")
+        elif not all(_number(x) and 0 < x < 10 for x in m):
+            bad("grid.mantissas", m, "must all be numbers in (0, 10)", "e.g. [1, 3, 6]")
+        if not _number(self.lo) or not self.lo > 0:
+            bad("grid.lo", self.lo, "must be a positive, finite step size", "e.g. 1e-5")
+        if not isinstance(self.grid_hi, Mapping):
+            bad("grid.hi", self.grid_hi, "is not a mapping", "e.g. {msgd: 30.0}, or {}")
+        else:
+            for name, hi in self.grid_hi.items():
+                if not _number(hi) or not hi > 0:
+                    bad(f"grid.hi.{name}", hi, "must be a positive, finite step size",
+                        "e.g. 30.0, or leave it out for the registry's start")  # fmt: skip
+        if not _integer(self.up_points) or self.up_points < 0:
+            bad("grid.up_points", self.up_points, "must be an integer >= 0",
+                "e.g. 6 (0: the probe never goes above the start)")  # fmt: skip
+        if not _number(self.probe_fraction) or not 0 < self.probe_fraction <= 1:
+            bad("probe_fraction", self.probe_fraction, "must be in (0, 1]",
+                "e.g. 0.1 (1: probes are whole runs)")  # fmt: skip
         ratio = self.progress_ratio
-        if self.up_points < 0 or (ratio is not None and not 0 < ratio <= 1):
-            raise ValueError("search.grid.up_points must be >= 0 and 0 < progress_ratio <= 1")
+        if ratio is not None and (not _number(ratio) or not 0 < ratio <= 1):
+            bad("progress_ratio", ratio, "must be in (0, 1] or null",
+                "e.g. 1.0 (null: no progress rule)")  # fmt: skip
+        if not _integer(self.points) or self.points < 1:
+            bad("points", self.points, "must be an integer >= 1", "e.g. 4")
+        if not _integer(self.max_extensions) or self.max_extensions < 0:
+            bad("max_extensions", self.max_extensions, "must be an integer >= 0", "e.g. 3")
+        if self.metric not in METRICS:
+            bad("metric", self.metric, "is not a metric", f"choose one of {', '.join(METRICS)}")
+        if self.mode not in ("final", "best"):
+            bad("mode", self.mode, "is not a mode", "choose final or best")
+        if not _number(self.tolerance) or self.tolerance < 0:
+            bad("tolerance", self.tolerance, "must be a finite number >= 0",
+                "e.g. 0.0 (metrics this close to the best tie)")  # fmt: skip
+        if not _integer(self.search_seed):
+            bad("search_seed", self.search_seed, "is not an integer", "e.g. 100")
+        seeds = self.replicate_seeds
+        if not _sequence(seeds) or not seeds:
+            bad("replicate_seeds", seeds, "is not a list of seeds", "give one or more, e.g. [0, 1]")
+        elif not all(_integer(x) for x in seeds):
+            bad("replicate_seeds", seeds, "must all be integers", "e.g. [0, 1, 2]")
+        elif len(set(seeds)) != len(seeds):
+            bad("replicate_seeds", seeds, "repeats a seed", "give each seed once")
+        return out
+
+    def check(self, method) -> None:
+        """A ValueError (one line) when ``method`` has no grid on these settings: no start
+        for this profile, or a start below ``grid.lo``."""
+        top = self.grid_top(method)
+        if top is None:
+            raise ValueError(
+                f"search '{self.name}' has no grid start for optimizer={method.name}: add "
+                f"'{self.name}' to its registry entry's grid_top (dissecting_adam.methods) "
+                f"or set search.grid.hi.{method.name}=<lr> in conf/search/{self.name}.yaml"
+            )
+        if top < self.lo:
+            raise ValueError(
+                f"search.grid.lo={_show(self.lo)} is above optimizer={method.name}'s grid "
+                f"start {_show(top)}; lower search.grid.lo or set "
+                f"search.grid.hi.{method.name}=<lr> above it"
+            )
+        try:
+            self.lrs(method)
+        except (ValueError, OverflowError):
+            raise ValueError(
+                f"search.grid.up_points={self.up_points} puts the grid's cap above any float "
+                f"(optimizer={method.name} starts at {_show(top)}); use fewer, e.g. 6"
+            ) from None
 
     @property
     def maximize(self) -> bool:

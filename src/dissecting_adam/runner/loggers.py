@@ -1,4 +1,5 @@
-"""Experiment loggers: ``none`` (the results store only) and ``wandb``.
+"""Experiment loggers: ``none`` (the results store only) and ``wandb``, and the one a run's
+spec asks for (``make_logger``).
 
 The results store is the record; a logger only mirrors the evaluations elsewhere. A wandb
 failure (missing package, no network, a bad key) is logged as a warning and never stops
@@ -7,8 +8,15 @@ training.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from . import store
+
+if TYPE_CHECKING:
+    from .spec import RunSpec
+    from .store import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +121,40 @@ def log_reproduction(*, project: str, entity: str | None, mode: str, dir: str | 
         run.finish()
     except Exception as err:  # noqa: BLE001 - a logger must never stop a reproduction
         log.warning("wandb: could not log the reproduction's outputs (%s)", err)
+
+
+def make_logger(spec: RunSpec, run: RunDir):
+    """The logger a run's spec asks for (``none`` or ``wandb``), named and tagged for it."""
+    if spec.logger.name == "none":
+        return NoLogger()
+    lg, lr = spec.logger, store.format_lr(spec.optimizer.lr)
+    facts = {"profile": spec.profile, "problem": spec.problem, "optimizer": spec.optimizer.name,
+             "lr": spec.optimizer.lr, "seed": spec.seed, "role": spec.role}  # fmt: skip
+    return WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        mode=lg.mode,
+        job_type=lg.job_type,
+        tags=[
+            *lg.tags,
+            spec.profile,
+            spec.problem,
+            spec.optimizer.name,
+            spec.role,
+            f"lr={lr}",
+            f"seed={spec.seed}",
+        ],  # fmt: skip
+        dir=lg.dir,
+        group=f"{spec.problem}/{spec.optimizer.name}/lr={lr}",
+        name=f"{spec.problem}/{spec.optimizer.name}/lr={lr}/seed={spec.seed}",
+        config={**facts, "spec": spec.to_dict(), "identity": spec.identity()},
+        id=wandb_id(spec, run),
+    )
+
+
+def wandb_id(spec: RunSpec, run: RunDir) -> str:
+    """Stable over a run's resumed sessions, new for each start from step 0 (force=true)."""
+    sessions = json.loads(run.environment_file.read_text()).get("sessions", [])
+    starts = sum(1 for s in sessions if s.get("resumed") is False)
+    key = f"{spec.problem}-{spec.optimizer.name}-{store.config_hash(spec.identity())}"
+    return key if starts <= 1 else f"{key}-{starts}"

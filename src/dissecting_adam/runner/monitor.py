@@ -1,5 +1,5 @@
-"""What both training loops (one run, K seeds at once) share: when to evaluate, the
-evaluation rows, the divergence rule and its monitor, the summary, the progress display.
+"""What the training loop uses around the step: when to evaluate, the evaluation rows, the
+divergence rule and its monitor (per member), the summary, the progress display.
 
 Divergence: a run has diverged when a mini-batch loss is non-finite or above
 ``divergence_factor`` times its first recorded mini-batch loss. The loss is read back from
@@ -85,15 +85,17 @@ class Divergence:
             out[k] = diverging(worst[k], self.initial[k], self.factor)
         return out
 
-    # A checkpoint holds the window that was open (single runs only).
-    def state(self) -> dict:
-        peak = None if self.peak is None else self.peak.reshape(-1)[0].item()
-        return {"initial_loss": self.initial[0], "peak_loss": peak}
+    # Each member's checkpoint holds its first loss and the window that was open.
+    def state(self, k: int = 0) -> dict:
+        peak = None if self.peak is None else self.peak.reshape(-1)[k].item()
+        return {"initial_loss": self.initial[k], "peak_loss": peak}
 
-    def restore(self, state: dict, device) -> None:
-        self.initial[0] = state.get("initial_loss")
+    def restore(self, k: int, state: dict, device) -> None:
+        self.initial[k] = state.get("initial_loss")
         if state.get("peak_loss") is not None:
-            self.peak = torch.tensor(state["peak_loss"], device=device)
+            if self.peak is None:
+                self.peak = torch.full((len(self.initial),), -math.inf, device=device)
+            self.peak[k] = state["peak_loss"]
 
 
 def summary(status: str, steps_done: int, num_steps: int, *, diverged_step: int | None,

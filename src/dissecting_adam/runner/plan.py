@@ -10,6 +10,9 @@ setting and the fix.
 
 ``to_overrides(spec)`` is the way back for Hydra multirun launchers (joblib, submitit):
 command-line overrides that plan to the same run (same identity and settings).
+
+Longer than 300 lines: every setting a user types is validated here, in one place, so
+that no bad value reaches the core.
 """
 
 from __future__ import annotations
@@ -212,8 +215,8 @@ def check_capabilities(spec: RunSpec, parallel_seeds: int = 1) -> None:
     if not problem.seed_parallel:
         supported = ", ".join(n for n, p in PROBLEMS.items() if p.seed_parallel)
         raise ConfigError(
-            f"parallel_seeds={k} supports the CNN problems {supported}, not {spec.problem} "
-            "(stateful LSTM or BatchNorm); use parallel_seeds=1, or hydra multirun "
+            f"parallel_seeds={k} supports the problems {supported}, not {spec.problem} "
+            "(no batched loss); use parallel_seeds=1, or hydra multirun "
             "(-m seed=...) to run seeds side by side"
         )
     if not method.seed_parallel:

@@ -1,20 +1,23 @@
 """The one execution path: RunSpecs in, finished records out.
 
-``execute_seeds(specs, parallel_seeds)`` runs RunSpecs that differ only in their seed:
-finished ones are skipped at once (``force`` reruns them), the others train K at a time
-(``parallel.train_parallel``) or one by one (``loop.train``; a group of one is an ordinary
-single run). ``Session`` owns each training session's bookkeeping for both: it locks the
-run folders (one writer per run), starts them (identity, resolved config, the environment
-record with the session marked running, before the first step), removes what a killed
-process left (temp files), turns SIGTERM into a checkpoint and a clean stop, records a
-failure in the summary of every member that has none, and completes the session (end,
-wall time, status) in each member's environment record.
+``execute_seeds(specs, parallel_seeds)`` runs RunSpecs of one problem and one method that
+differ only in their seed and step size: finished ones are skipped at once (``force``
+reruns them), the others train as groups of up to ``parallel_seeds`` members (``loop.train``
+with an ``engine.Stacked``; a group of one is an ordinary single run, ``engine.Single``).
+Members resume from their own checkpoints; members saved at different steps train in
+separate groups. ``Session`` owns each training session's bookkeeping: it locks the run
+folders (one writer per run), asks again under the locks which runs are finished, starts
+the others (identity, resolved config, the environment record with the session marked
+running, before the first step), removes what a killed process left (temp files), turns
+SIGTERM into a checkpoint and a clean stop, records a failure in the summary of every
+member that has none, and completes the session (end, wall time, status) in each member's
+environment record.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import signal
@@ -27,11 +30,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import backend, checkpoint, files, parallel, store
+from . import backend, checkpoint, engine, files, loop, store
 from .data import problem_for, resolve_device
 from .environment import environment
-from .loggers import NoLogger, WandbLogger
-from .loop import Interrupted, train
+from .loggers import make_logger
+from .loop import Interrupted
 from .spec import ConfigError, RunSpec
 from .store import RunDir
 
@@ -45,9 +48,11 @@ def execute(spec: RunSpec) -> dict:
 
 
 def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dict]:
-    """Each spec (they differ in their seed only) in groups of ``parallel_seeds``."""
+    """Each spec (they differ in seed and step size only) in groups of ``parallel_seeds``."""
     if not specs:
         return []
+    if parallel_seeds > 1:
+        check_group(specs)
     check_device(specs[0].device)
     files.check_writable(Path(specs[0].results_root))
     out: dict[int, dict] = {}
@@ -64,6 +69,19 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
         summaries = _train_group([specs[i] for i in group])
         out.update(zip(group, summaries, strict=True))
     return [out[i] for i in range(len(specs))]
+
+
+def check_group(specs: Sequence[RunSpec]) -> None:
+    """A ConfigError unless the specs differ in their seed and step size only."""
+    first = specs[0]
+    ref = first.identity()
+    for spec in specs[1:]:
+        if spec.derive(seed=first.seed, lr=first.optimizer.lr).identity() != ref:
+            raise ConfigError(
+                f"runs trained as one group must differ in seed and step size only: "
+                f"{spec.problem}/{spec.optimizer.name} seed {spec.seed} differs from "
+                f"{first.problem}/{first.optimizer.name} seed {first.seed} in more"
+            )
 
 
 def _already_finished(spec: RunSpec) -> dict | None:
@@ -117,30 +135,51 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
 
 
 def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
-    """One run (``loop.train``) or a seed-parallel group (``parallel.train_parallel``)."""
+    """Train the session's runs as groups of members that resume at one step (a group of
+    one is a single run); return their summaries in order."""
+    session.loggers = [make_logger(s, r) for s, r in zip(specs, session.runs, strict=True)]
+    out: dict[int, dict] = {}
+    pending = list(range(len(specs)))
+    while pending:
+        payloads = {i: loop.resume_payload(session.runs[i]) for i in pending}
+        by_step: dict[int, list[int]] = {}
+        for i in pending:
+            by_step.setdefault(0 if payloads[i] is None else payloads[i]["step"], []).append(i)
+        try:
+            for _, group in sorted(by_step.items()):
+                members = [loop.Member(session.runs[i], specs[i].seed, session.loggers[i])
+                           for i in group]  # fmt: skip
+                engine = _engine(problem, [specs[i] for i in group])
+                summaries = loop.train(problem, members, engine, specs[group[0]].train,
+                                       [payloads[i] for i in group], session.stop)  # fmt: skip
+                out.update(zip(group, summaries, strict=True))
+                pending = [i for i in pending if i not in group]
+        except loop.Regroup:  # a checkpoint was moved aside: form the groups again
+            continue
+    return [
+        {**out[i], "skipped": False, "run_dir": str(run.path)} for i, run in enumerate(session.runs)
+    ]
+
+
+def _engine(problem, specs: list[RunSpec]):
+    """One model for one run; K stacked models for a group (members may differ in seed and
+    step size only)."""
     first = specs[0]
     if len(specs) == 1:
-        run = session.runs[0]
         model = problem.build_model(first.seed)
         if first.train.compile is not None:
             backend.compile_model(model, first.train.compile)
         optimizer = first.optimizer.build(model.parameters())
-        scheduler = problem.lr_scheduler(optimizer)
-        session.loggers = [make_logger(first, run)]
-        summaries = [train(problem, model, optimizer, scheduler, first.train, run,
-                           session.loggers[0], session.stop)]  # fmt: skip
-    else:
-        seeds = [s.seed for s in specs]
-        models = [problem.build_model(s) for s in seeds]
-        session.loggers = [make_logger(s, r) for s, r in zip(specs, session.runs, strict=True)]
-        summaries = parallel.train_parallel(
-            problem, models, first.optimizer.build, first.train, seeds, session.runs,
-            session.stop, session.loggers,
-        )  # fmt: skip
-    return [
-        {**s, "skipped": False, "run_dir": str(run.path)}
-        for s, run in zip(summaries, session.runs, strict=True)
-    ]
+        return engine.Single(problem, model, optimizer, problem.lr_scheduler(optimizer),
+                             first.seed)  # fmt: skip
+
+    def build(params, lr):
+        kwargs = {**first.optimizer.kwargs, "lr": lr}
+        return dataclasses.replace(first.optimizer, kwargs=kwargs).build(params)
+
+    models = [problem.build_model(s.seed) for s in specs]
+    return engine.Stacked(problem, models, build, [s.optimizer.lr for s in specs],
+                          [s.seed for s in specs], first.train.compile)  # fmt: skip
 
 
 class Session:
@@ -184,9 +223,7 @@ class Session:
                 config = yaml.safe_dump(spec.to_dict(), sort_keys=False)
                 run.start(spec.identity(), config, force=spec.force)
                 files.remove_leftovers(run.path)
-                resumed = len(self.specs) == 1 and (
-                    run.checkpoint_file.exists() or run.previous_checkpoint_file.exists()
-                )
+                resumed = run.checkpoint_file.exists() or run.previous_checkpoint_file.exists()
                 run.add_session({**self.record, "resumed": resumed})
             self.t0 = time.perf_counter()
             self.stop = self._stack.enter_context(_stop_on_sigterm())
@@ -238,42 +275,6 @@ class Session:
             files.remove_leftovers(run.path)
         for logger, run in zip(self.loggers, self.runs, strict=False):
             logger.finish(run.summary() or {"status": status})
-
-
-def make_logger(spec: RunSpec, run: RunDir):
-    if spec.logger.name == "none":
-        return NoLogger()
-    lg, lr = spec.logger, store.format_lr(spec.optimizer.lr)
-    facts = {"profile": spec.profile, "problem": spec.problem, "optimizer": spec.optimizer.name,
-             "lr": spec.optimizer.lr, "seed": spec.seed, "role": spec.role}  # fmt: skip
-    return WandbLogger(
-        project=lg.project,
-        entity=lg.entity,
-        mode=lg.mode,
-        job_type=lg.job_type,
-        tags=[
-            *lg.tags,
-            spec.profile,
-            spec.problem,
-            spec.optimizer.name,
-            spec.role,
-            f"lr={lr}",
-            f"seed={spec.seed}",
-        ],  # fmt: skip
-        dir=lg.dir,
-        group=f"{spec.problem}/{spec.optimizer.name}/lr={lr}",
-        name=f"{spec.problem}/{spec.optimizer.name}/lr={lr}/seed={spec.seed}",
-        config={**facts, "spec": spec.to_dict(), "identity": spec.identity()},
-        id=wandb_id(spec, run),
-    )
-
-
-def wandb_id(spec: RunSpec, run: RunDir) -> str:
-    """Stable over a run's resumed sessions, new for each start from step 0 (force=true)."""
-    sessions = json.loads(run.environment_file.read_text()).get("sessions", [])
-    starts = sum(1 for s in sessions if s.get("resumed") is False)
-    key = f"{spec.problem}-{spec.optimizer.name}-{store.config_hash(spec.identity())}"
-    return key if starts <= 1 else f"{key}-{starts}"
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,72 +47,18 @@ from .files import (
     move_aside,
     read_json,
 )
+from .records import (  # noqa: F401 - config_hash, format_lr: read through store too
+    config_hash,
+    format_lr,
+    metrics_digest,
+    read_identity,
+    same_identity,
+)
 
 log = logging.getLogger(__name__)
 
 #: Run statuses that mean "finished": a rerun of the same config returns at once.
 FINISHED = ("completed", "diverged")
-
-#: The columns of the tidy table that ``collect`` returns.
-COLUMNS = [
-    "profile",
-    "problem",
-    "optimizer",
-    "lr",
-    "seed",
-    "step",
-    "split",
-    "loss",
-    "accuracy",
-    "status",
-    "config_hash",
-]
-
-
-def config_hash(identity: dict) -> str:
-    """A short, stable hash of a JSON-serialisable identity (key order does not matter)."""
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def format_lr(lr: float) -> str:
-    """A readable, lossless-enough folder label: 0.3 -> '0.3', 3e-05 -> '3e-05'."""
-    return format(float(lr), ".6g")
-
-
-#: What an identity.json must hold for its folder to be placed and collected.
-IDENTITY_KEYS = ("profile", "problem", "optimizer", "optimizer_kwargs", "seed", "config_hash")
-
-
-def read_identity(path: Path) -> dict:
-    """A stored identity; CorruptRecord when it is unreadable or not an identity."""
-    stored = read_json(path)
-    if not isinstance(stored, dict):
-        raise CorruptRecord(path, f"not an identity (a JSON {type(stored).__name__})")
-    missing = [k for k in IDENTITY_KEYS if k not in stored]
-    if missing:
-        raise CorruptRecord(path, f"not an identity (no {', '.join(missing)})")
-    lr = (
-        stored["optimizer_kwargs"].get("lr")
-        if isinstance(stored["optimizer_kwargs"], dict)
-        else None
-    )
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-        raise CorruptRecord(path, f"not an identity (optimizer_kwargs.lr is {lr!r})")
-    if isinstance(stored["seed"], bool) or not isinstance(stored["seed"], int):
-        raise CorruptRecord(path, f"not an identity (seed is {stored['seed']!r})")
-    return stored
-
-
-def metrics_digest(data: bytes) -> dict:
-    """What a summary records of the metrics file it summarises."""
-    return {"metrics_rows": data.count(b"\n"), "metrics_sha256": hashlib.sha256(data).hexdigest()}
-
-
-def _same_identity(stored: dict, identity: dict) -> bool:
-    """Whether a stored identity.json (which also holds its hash) records ``identity``."""
-    stored = {k: v for k, v in stored.items() if k != "config_hash"}
-    return stored == json.loads(json.dumps(identity))
 
 
 @dataclass(frozen=True)
@@ -194,7 +139,7 @@ class RunDir:
         except CorruptRecord as err:
             log.warning("%s; the run will be redone (the file is kept aside)", err)
             return None
-        if not _same_identity(stored, identity):
+        if not same_identity(stored, identity):
             return None
         damaged = self.verify(summary)
         if damaged:
@@ -222,7 +167,7 @@ class RunDir:
             except CorruptRecord as err:
                 log.warning("%s; moved the run folder to %s", err, move_aside(self.path))
             else:
-                if not _same_identity(stored, identity):
+                if not same_identity(stored, identity):
                     raise ResultsError(
                         f"{self.path} holds a run of a different config (hash collision): "
                         "move that folder away, then rerun."
@@ -362,79 +307,3 @@ class RunDir:
             except json.JSONDecodeError:
                 break
         return rows
-
-
-# --- collection -------------------------------------------------------------------------
-def run_dirs(root: Path) -> list[RunDir]:
-    """Every run folder under ``root`` (those holding an identity.json), sorted by path."""
-    return [RunDir(p.parent) for p in sorted(Path(root).rglob("identity.json"))]
-
-
-def collect(root: Path):
-    """All runs under ``root`` as one tidy pandas table (one row per measurement).
-
-    Columns: COLUMNS plus ``data_loss`` (evaluations), ``diverged_step`` and
-    ``data_variant`` (``real``, or ``synthetic`` for generated stand-ins). Runs without a
-    summary (running or killed) have status ``incomplete``. A run whose records cannot be
-    read is left out with a warning naming the file; ``table.attrs["skipped"]`` lists them
-    as (path, reason).
-    """
-    import pandas as pd
-
-    frames, skipped = [], []
-    for run in run_dirs(root):
-        try:
-            identity = read_identity(run.identity_file)
-            summary = run.summary() or {}
-            lr, config = float(identity["optimizer_kwargs"]["lr"]), identity["config_hash"]
-            damaged = run.verify(summary) if summary.get("status") in FINISHED else None
-            if damaged:  # never a result: its "final" values may be an earlier step's
-                raise CorruptRecord(run.metrics_file, damaged)
-        except CorruptRecord as err:
-            log.warning("skipped %s: %s", err.path, err.reason)
-            skipped.append((str(err.path), err.reason))
-            continue
-        rows = run.read_metrics()
-        if not rows:
-            continue
-        df = pd.DataFrame(rows)
-        df["profile"] = identity["profile"]
-        df["problem"] = identity["problem"]
-        df["optimizer"] = identity["optimizer"]
-        df["lr"] = lr
-        df["seed"] = int(identity["seed"])
-        df["status"] = summary.get("status", "incomplete")
-        df["diverged_step"] = summary.get("diverged_step")
-        df["config_hash"] = config
-        # Generated stand-in data (tests, smoke checks) must never pass for real results.
-        df["data_variant"] = identity.get("data_variant", "real")
-        frames.append(df)
-    if not frames:
-        table = pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant"])
-    else:
-        table = pd.concat(frames, ignore_index=True)
-        for col in ("accuracy", "data_loss", "diverged_step"):
-            if col not in table:
-                table[col] = None
-        rest = [c for c in table.columns if c not in COLUMNS]
-        table = table[[*COLUMNS, *rest]]
-        sort = ["profile", "problem", "optimizer", "lr", "seed", "step", "split"]
-        table = table.sort_values(sort)
-    table.attrs["skipped"] = skipped
-    return table
-
-
-def write_table(table, path: Path) -> Path:
-    """Write ``table`` atomically as parquet (``.parquet``) or CSV (any other suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = table.copy()
-    table.attrs = {}  # parquet metadata holds only JSON-able attributes
-
-    def write(tmp: Path) -> None:
-        if path.suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
-
-    return atomic_write(path, write)

@@ -10,11 +10,17 @@ TF's ``LSTMCell`` has one bias per gate and adds a constant ``forget_bias=1.0`` 
 forget gate; PyTorch's LSTM has two biases per gate. Here ``bias_hh`` is frozen at zero and
 ``bias_ih`` starts at 1.0 on the forget gate: the same function, the same gradients and a
 single trainable bias, as in TF (two trainable biases would double its effective step).
+
+Several networks at once (``problems.batched``): vmap has no batching rule for
+``aten::lstm``, so ``forward_masked`` is ``forward_from``'s training pass with the LSTM
+written out as matmuls (``lstm_layer``) and its four dropout masks given, drawn beforehand
+by ``dropout_masks`` exactly as ``forward_from``'s ``nn.Dropout`` calls draw them.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import glorot_uniform_
@@ -74,3 +80,69 @@ class CharRNN(nn.Module):
         h, s1 = self.lstm1(h, None if state is None else state[0])
         h, s2 = self.lstm2(self.dropout(self.dropout(h)), None if state is None else state[1])
         return self.dense(self.dropout(h)), (s1, s2)  # (B, T, V)
+
+    def forward_masked(self, x: torch.Tensor, state, masks) -> tuple:
+        """``forward_from`` in training mode with explicit LSTM maths and the given dropout
+        masks (four (B, T, H) tensors in ``forward_from``'s order; see ``dropout_masks``).
+
+        ``state`` is not None (zeros for a fresh batch). Every op has a vmap batching rule:
+        one member's forward pass when K members are mapped over.
+        """
+        m1, m2, m3, m4 = masks
+        h = self.embedding(x) * m1
+        h, s1 = lstm_layer(self.lstm1, h, state[0])
+        h, s2 = lstm_layer(self.lstm2, (h * m2) * m3, state[1])
+        return self.dense(h * m4), (s1, s2)
+
+    def dropout_masks(self, layouts: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The four masks ``forward_from`` would draw now from the global RNG, as tensors.
+
+        Each is the same dropout op on ones laid out as the tensor it would drop (see
+        ``dropout_layouts``), so it consumes the same random numbers and yields the same
+        factors on the same elements: ``h * mask`` equals ``self.dropout(h)`` bit for bit.
+        """
+        return [F.dropout(torch.ones_like(t), self.dropout.p, training=True) for t in layouts]
+
+    def dropout_layouts(self, batch: int, steps: int, dtype, device) -> tuple[torch.Tensor, ...]:
+        """Tensors with the shapes and strides of the four inputs of ``forward_from``'s
+        dropouts on this device: which random number lands on which element follows the
+        memory layout (and nn.LSTM's batch_first output is a transposed view on the CPU and
+        under cuDNN). Found by running the ops once; the global random state is untouched.
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        cuda = [device.index] if device.type == "cuda" else []
+        hidden = self.lstm1.hidden_size
+        with torch.random.fork_rng(devices=cuda):
+            lstm = nn.LSTM(hidden, hidden, batch_first=True, device="meta", dtype=dtype)
+            lstm = lstm.to_empty(device=device)
+            with torch.no_grad():
+                for w in lstm.parameters():
+                    w.zero_()
+            weight = torch.zeros(2, hidden, dtype=dtype, device=device, requires_grad=True)
+            ids = torch.zeros(batch, steps, dtype=torch.long, device=device)
+            embedded = F.embedding(ids, weight)
+            out, _ = lstm(F.dropout(embedded, 0.5, training=True))
+            dropped = F.dropout(out, 0.5, training=True)
+        return embedded, out, dropped, out
+
+
+def lstm_layer(lstm: nn.LSTM, x: torch.Tensor, state) -> tuple:
+    """One layer of ``nn.LSTM`` (batch_first, gates i, f, g, o) as explicit matmuls.
+
+    The same function as ``lstm(x, state)`` up to rounding; ``state`` is ((1, B, H), (1, B, H))
+    and so is the returned final state. The input projection of all steps is one matmul, as
+    PyTorch's CPU LSTM does; ``bias_hh`` (frozen at zero here) is folded into it.
+    """
+    xw = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (B, T, 4H)
+    w_hh = lstm.weight_hh_l0.t()
+    h, c = state[0][0], state[1][0]
+    outputs = []
+    for xw_t in xw.unbind(dim=1):  # one backward node; indexing xw[:, t] would make T
+        gates = xw_t + h @ w_hh
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), (h.unsqueeze(0), c.unsqueeze(0))

@@ -1,0 +1,57 @@
+"""What a run's record files must say: the identity's hash and folder label, the shape of a
+stored identity, and the digest a finished summary records of its metrics file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from .files import CorruptRecord, read_json
+
+
+def config_hash(identity: dict) -> str:
+    """A short, stable hash of a JSON-serialisable identity (key order does not matter)."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def format_lr(lr: float) -> str:
+    """A readable, lossless-enough folder label: 0.3 -> '0.3', 3e-05 -> '3e-05'."""
+    return format(float(lr), ".6g")
+
+
+#: What an identity.json must hold for its folder to be placed and collected.
+IDENTITY_KEYS = ("profile", "problem", "optimizer", "optimizer_kwargs", "seed", "config_hash")
+
+
+def read_identity(path: Path) -> dict:
+    """A stored identity; CorruptRecord when it is unreadable or not an identity."""
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise CorruptRecord(path, f"not an identity (a JSON {type(stored).__name__})")
+    missing = [k for k in IDENTITY_KEYS if k not in stored]
+    if missing:
+        raise CorruptRecord(path, f"not an identity (no {', '.join(missing)})")
+    lr = (
+        stored["optimizer_kwargs"].get("lr")
+        if isinstance(stored["optimizer_kwargs"], dict)
+        else None
+    )
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        raise CorruptRecord(path, f"not an identity (optimizer_kwargs.lr is {lr!r})")
+    if isinstance(stored["seed"], bool) or not isinstance(stored["seed"], int):
+        raise CorruptRecord(path, f"not an identity (seed is {stored['seed']!r})")
+    return stored
+
+
+def metrics_digest(data: bytes) -> dict:
+    """What a summary records of the metrics file it summarises."""
+    return {"metrics_rows": data.count(b"\n"), "metrics_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def same_identity(stored: dict, identity: dict) -> bool:
+    """Whether a stored identity.json (which also holds its hash) records ``identity``."""
+    stored = {k: v for k, v in stored.items() if k != "config_hash"}
+    return stored == json.loads(json.dumps(identity))
