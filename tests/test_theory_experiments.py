@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dissecting_adam.theory import claims, fig2, fig3, wilson
+from dissecting_adam.theory import fig2, fig3, wilson
+from dissecting_adam.theory import fig2_caption as claims
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "theory"
 

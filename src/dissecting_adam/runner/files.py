@@ -117,7 +117,7 @@ def atomic_write(path: Path, write) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:  # reports hold ±, §: not the locale's
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

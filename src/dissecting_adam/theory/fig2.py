@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runner.files import atomic_write, atomic_write_text
 from .factors import p_diag
 from .quadratic import BASES, SPECTRA, QuadraticProblem, eigenvalues, haar_rotation, make_problem
 from .steps import STEP_SIZES, direction
@@ -128,7 +129,8 @@ def experiment(cfg: Mapping, out_dir: str | Path) -> dict[str, Path]:
     ``cfg`` holds the keys of ``conf/theory/fig2.yaml`` (d, steps, seeds, noises, x_star_scale,
     record_steps, claim_steps, thresholds, n_jobs).
     """
-    from . import claims, plots
+    from . import fig2_caption as caption
+    from . import plots
     from .records import write_meta
 
     t0 = time.perf_counter()
@@ -146,14 +148,14 @@ def experiment(cfg: Mapping, out_dir: str | Path) -> dict[str, Path]:
     curves = run(fc, n_jobs=int(cfg.get("n_jobs", 1)))
     df = final_values(fc, curves)
     paths = {"csv": out_dir / "final_values.csv"}
-    df.to_csv(paths["csv"], index=False)
+    atomic_write(paths["csv"], lambda tmp: df.to_csv(tmp, index=False))
     first = seed_problems(fc, fc.seeds[0])
     spectra = {s: first[s, fc.bases[0], fc.noises[0]].lam for s in fc.spectra}
     pd_rot = p_diag_summary(fc)
     paths["pdf"], paths["png"] = plots.plot_fig2(
         curves, spectra, fc.noises, out_dir, floor=float(cfg["thresholds"]["floor"])
     )
-    th = claims.Thresholds(**{k: float(v) for k, v in cfg["thresholds"].items()})
+    th = caption.Thresholds(**{k: float(v) for k, v in cfg["thresholds"].items()})
     header = (
         f"d = {fc.d}, {len(fc.seeds)} seeds ({fc.seeds[0]}..{fc.seeds[-1]}), {fc.steps} steps, "
         f"theta_0 = 0, x* ~ N(0, {fc.x_star_scale:g}^2 I); value = L(theta_t) - L(x*). "
@@ -166,9 +168,9 @@ def experiment(cfg: Mapping, out_dir: str | Path) -> dict[str, Path]:
         + ". Axis-aligned problems have p_diag = 1."
     )
     paths["claims"] = out_dir / "claims.md"
-    paths["claims"].write_text(claims.claims_markdown(df, claim_steps, th, header) + "\n")
+    atomic_write_text(paths["claims"], caption.claims_markdown(df, claim_steps, th, header) + "\n")
     verdicts = {
-        f"step {s}": [c["verdict"] for c in claims.check_claims(df, s, th)] for s in claim_steps
+        f"step {s}": [c["verdict"] for c in caption.check_claims(df, s, th)] for s in claim_steps
     }
     paths["meta"] = write_meta(
         out_dir, dict(cfg), fc.seeds, time.perf_counter() - t0, verdicts=verdicts,

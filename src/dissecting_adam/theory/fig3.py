@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runner.files import atomic_write
 from .factors import adam_factor, gradient_factor, sign_factor
 
 
@@ -32,7 +33,8 @@ def experiment(cfg: Mapping, out_dir: str | Path) -> dict[str, Path]:
     eta = np.linspace(0.0, float(cfg["eta_max"]), int(cfg["n_points"]))
     c = curves(eta)
     paths = {"csv": out_dir / "fig3.csv"}
-    pd.DataFrame({"eta": eta, **c}).to_csv(paths["csv"], index=False)
+    table = pd.DataFrame({"eta": eta, **c})
+    atomic_write(paths["csv"], lambda tmp: table.to_csv(tmp, index=False))
     paths["pdf"], paths["png"] = plot_fig3(eta, c, out_dir)
     gap = np.abs(c["sign_optimal"] - c["adam"])
     summary = {

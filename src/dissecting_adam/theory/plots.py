@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
+from ..runner.files import atomic_write  # noqa: E402
 from ..style import color, label, paper_rc  # noqa: E402
 
 SIGN_BASED = ("sign", "mssd", "adam", "rmsprop", "adagrad")
@@ -24,8 +25,8 @@ def save(fig, out_dir: str | Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.pdf", out_dir / f"{stem}.png"]
-    for p in paths:
-        fig.savefig(p)
+    for p in paths:  # a killed process never leaves a half-written figure
+        atomic_write(p, lambda tmp, fmt=p.suffix[1:]: fig.savefig(tmp, format=fmt))
     plt.close(fig)
     return paths
 

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ..runner.files import atomic_write_text
+
 PACKAGES = ("numpy", "scipy", "torch", "pandas", "matplotlib", "tueplots", "hydra-core")
 
 
@@ -57,5 +59,5 @@ def write_meta(out_dir: str | Path, config: dict, seeds, wall_time_s: float, **e
         **extra,
     }
     path = out_dir / "meta.json"
-    path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(meta, indent=2, default=str) + "\n")
     return path

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from ..optim import MSGD, MSSD, MSVAG
+from ..runner.files import atomic_write, atomic_write_text
 
 #: name -> (factory(params, lr), is sign-based). All full-batch, started at theta = 0.
 METHODS: dict[str, tuple[Callable, bool]] = {
@@ -271,9 +272,9 @@ def experiment(cfg: Mapping, out_dir: str | Path) -> dict[str, Path]:
                     "min_abs_Xty": runs["min_abs_Xty"].min()}  # fmt: skip
     paths = {"runs": out_dir / "runs.csv", "csv": out_dir / "wilson.csv",
              "md": out_dir / "wilson.md"}  # fmt: skip
-    runs.to_csv(paths["runs"], index=False)
-    table.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(table_markdown(table, construction, dev_tol) + "\n")
+    atomic_write(paths["runs"], lambda tmp: runs.to_csv(tmp, index=False))
+    atomic_write(paths["csv"], lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(paths["md"], table_markdown(table, construction, dev_tol) + "\n")
     paths["pdf"], paths["png"] = plot_wilson(histories, out_dir)
     paths["meta"] = write_meta(out_dir, dict(cfg), wc.seeds, time.perf_counter() - t0,
                                construction=construction)  # fmt: skip
