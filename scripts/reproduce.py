@@ -42,6 +42,7 @@ from dissecting_adam.protocol.batching import Batching, jobs_text, launcher_of, 
 from dissecting_adam.protocol.estimate import estimate
 from dissecting_adam.protocol.launch import HydraMultirun, InProcess, Packed, RunsFailed
 from dissecting_adam.protocol.search import SearchSettings
+from dissecting_adam.protocol.workers import one_line
 from dissecting_adam.runner.data import problem_for
 from dissecting_adam.runner.loop import Interrupted
 from dissecting_adam.runner.plan import ConfigError, plan_pairs
@@ -210,7 +211,7 @@ def build(cfg: DictConfig) -> driver.Reproduction:
         planned = plan_pairs(pairs, overrides)
     except HydraException as err:  # an override Hydra cannot apply to conf/train.yaml
         raise ConfigError(
-            f"overrides={list(cfg.overrides)} cannot be applied: {_one_line(err)}; fix or "
+            f"overrides={list(cfg.overrides)} cannot be applied: {one_line(err)}; fix or "
             "remove it (they are overrides of conf/train.yaml)"
         ) from None
     base = {pair: spec for pair, spec in planned.items() if not isinstance(spec, ConfigError)}
@@ -249,10 +250,6 @@ def resolve_batching(cfg: DictConfig, problems: list[str]) -> Batching:
         value = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
         jobs = jobs_text(value, problems)
     return Batching(members, members_why, launcher, launcher_why, jobs)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def packed(cfg: DictConfig, members: int = 1) -> Packed:

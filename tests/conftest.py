@@ -1,6 +1,7 @@
 """Shared test settings: deterministic, small and on the CPU unless marked ``cuda``."""
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,20 @@ def interrupted_at_checkpoint(n: int, error: type[BaseException] = KeyboardInter
         yield calls
     finally:
         checkpoint.save = real
+
+
+#: A run of a few steps on generated data, without its step budget (the fault tests' runs).
+TINY_RUN = ["profile=smoke", "data.variant=synthetic", "problem.batch_size=8",
+            "problem.eval_batch_size=16", "train.progress=off", "train.eval_every=2",
+            "train.log_every=1", "train.checkpoint_every=2"]  # fmt: skip
+
+
+def tiny_spec(root, *overrides):
+    """The RunSpec of a ``TINY_RUN`` into ``root`` with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from dissecting_adam.runner.plan import plan
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return plan(compose("train", overrides=[*TINY_RUN, f"results_root={root}", *overrides]))

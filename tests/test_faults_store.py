@@ -15,24 +15,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import TINY_RUN, tiny_spec
 
 from dissecting_adam.runner import checkpoint, files, session, store
 from dissecting_adam.runner import table as store_table
-from dissecting_adam.runner.plan import ConfigError, plan
+from dissecting_adam.runner.plan import ConfigError
 from dissecting_adam.runner.store import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-TINY = ["profile=smoke", "data.variant=synthetic", "problem.batch_size=8",
-        "problem.eval_batch_size=16", "train.progress=off", "train.num_steps=4",
-        "train.eval_every=2", "train.log_every=1", "train.checkpoint_every=2"]  # fmt: skip
+TINY = [*TINY_RUN, "train.num_steps=4"]
 
 
 def spec_for(root, *overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return plan(compose("train", overrides=[*TINY, f"results_root={root}", *overrides]))
+    return tiny_spec(root, "train.num_steps=4", *overrides)
 
 
 def strict(text: str):

@@ -7,6 +7,7 @@ runs' checkpoints resume as a group. Generated data, a few steps."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -66,6 +67,18 @@ def test_every_problem_trains_as_a_group_of_two_equal_to_its_single_runs(tmp_pat
     assert metrics(group[0]) != metrics(group[1])  # the members are different runs
 
 
+def rerun_resumes(caplog, *args, step: int) -> list[dict]:
+    """``run_all(*args)``, checking that it resumed from the checkpoints at ``step`` (a run
+    that started over would end with the same metrics)."""
+    with caplog.at_level(logging.INFO, logger="dissecting_adam.runner.loop"):
+        done = run_all(*args)
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed ")]
+    assert resumed and all(m.endswith(f"at step {step}") for m in resumed), resumed
+    for summary in done:
+        assert not list(Path(summary["run_dir"]).glob("checkpoint.pt.corrupt-*"))
+    return done
+
+
 def _sigterm_at(step: int, monkeypatch) -> None:
     """SIGTERM to this process while the loss of training step ``step`` is computed."""
     from dissecting_adam.runner import engine
@@ -82,7 +95,9 @@ def _sigterm_at(step: int, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("problem", ["fmnist_2c2d", "tolstoi_char_rnn"])
-def test_a_group_stopped_by_sigterm_resumes_byte_identically(tmp_path, problem, monkeypatch):
+def test_a_group_stopped_by_sigterm_resumes_byte_identically(
+    tmp_path, problem, monkeypatch, caplog
+):
     from dissecting_adam.runner.loop import Interrupted
 
     whole = run_all(tmp_path / "whole", problem, "seeds=[0,1]", "parallel_seeds=2")
@@ -91,7 +106,7 @@ def test_a_group_stopped_by_sigterm_resumes_byte_identically(tmp_path, problem, 
     with pytest.raises(Interrupted, match="stopped at step 4"):
         run_all(*args)
     monkeypatch.undo()
-    done = run_all(*args)
+    done = rerun_resumes(caplog, *args, step=4)
     for a, b in zip(done, whole, strict=True):
         run = Path(a["run_dir"])
         assert (run / "metrics.jsonl").read_bytes() == Path(
@@ -102,13 +117,13 @@ def test_a_group_stopped_by_sigterm_resumes_byte_identically(tmp_path, problem, 
         assert sessions[-1]["resumed"] and sessions[-1]["parallel_group"] == [0, 1]
 
 
-def test_a_group_killed_after_a_checkpoint_resumes_byte_identically(tmp_path):
+def test_a_group_killed_after_a_checkpoint_resumes_byte_identically(tmp_path, caplog):
     """kill -9 right after both members saved step 4 (rows written later are dropped)."""
     whole = run_all(tmp_path / "whole", "cifar10_3c3d", "seeds=[0,1]", "parallel_seeds=2")
     args = (tmp_path / "cut", "cifar10_3c3d", "seeds=[0,1]", "parallel_seeds=2")
     with interrupted_at_checkpoint(4), pytest.raises(KeyboardInterrupt):
         run_all(*args)
-    for a, b in zip(run_all(*args), whole, strict=True):
+    for a, b in zip(rerun_resumes(caplog, *args, step=4), whole, strict=True):
         expected = Path(b["run_dir"], "metrics.jsonl").read_bytes()
         assert Path(a["run_dir"], "metrics.jsonl").read_bytes() == expected
         assert a["parallel_group"] == [0, 1]
@@ -127,13 +142,13 @@ def test_members_killed_between_their_checkpoints_resume_in_separate_groups(tmp_
         assert_close_runs(a, b, rel=2e-3)
 
 
-def test_a_member_resumes_as_a_single_run_and_single_runs_as_a_group(tmp_path):
+def test_a_member_resumes_as_a_single_run_and_single_runs_as_a_group(tmp_path, caplog):
     whole = run_all(tmp_path / "whole", "tolstoi_char_rnn", "seeds=[0,1]")
     # Member checkpoints (a group stopped after step 2) -> single runs.
     args = (tmp_path / "a", "tolstoi_char_rnn", "seeds=[0,1]")
     with interrupted_at_checkpoint(2), pytest.raises(KeyboardInterrupt):
         run_all(*args, "parallel_seeds=2")
-    for a, b in zip(run_all(*args), whole, strict=True):
+    for a, b in zip(rerun_resumes(caplog, *args, step=2), whole, strict=True):
         assert "parallel_group" not in a
         assert_close_runs(a, b, rel=1e-4)
     # Single runs' checkpoints (both stopped after step 2) -> one group.
@@ -141,7 +156,8 @@ def test_a_member_resumes_as_a_single_run_and_single_runs_as_a_group(tmp_path):
     for seed in (0, 1):
         with interrupted_at_checkpoint(1), pytest.raises(KeyboardInterrupt):
             run_all(tmp_path / "b", "tolstoi_char_rnn", f"seed={seed}")
-    for a, b in zip(run_all(*args, "parallel_seeds=2"), whole, strict=True):
+    caplog.clear()
+    for a, b in zip(rerun_resumes(caplog, *args, "parallel_seeds=2", step=2), whole, strict=True):
         assert a["parallel_group"] == [0, 1]
         assert_close_runs(a, b, rel=1e-4)
         sessions = json.loads(Path(a["run_dir"], "environment.json").read_text())["sessions"]
@@ -198,7 +214,7 @@ def test_on_cuda_a_group_resumes_after_sigterm_like_an_uninterrupted_one(tmp_pat
 
 
 @pytest.mark.parametrize("problem", ["cifar10_3c3d", "tolstoi_char_rnn"])
-def test_checkpoints_keep_the_data_position_and_older_ones_still_resume(tmp_path, problem):
+def test_checkpoints_keep_the_data_position_and_older_ones_still_resume(tmp_path, problem, caplog):
     """A checkpoint holds its batches' position (resume in constant time); one written
     before positions were saved (no "data") resumes by drawing the batches again."""
     import torch
@@ -215,5 +231,6 @@ def test_checkpoints_keep_the_data_position_and_older_ones_still_resume(tmp_path
         if variant == "older":
             del payload["data"]
             torch.save(payload, path)
-        done = run_all(root, problem)[0]
+        caplog.clear()
+        done = rerun_resumes(caplog, root, problem, step=4)[0]
         assert Path(done["run_dir"], "metrics.jsonl").read_bytes() == expected, variant

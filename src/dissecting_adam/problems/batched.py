@@ -75,9 +75,10 @@ class BatchedLoss:
         self, params: dict, buffers: dict, batches: list[Batch], carried, member_rng
     ) -> tuple[torch.Tensor, object]:
         """Losses (K,) and the new carried state. ``batches[k]`` is member k's Batch (its own
-        iterator's). ``member_rng(k)`` is a context manager that makes member k's RNG stream
-        the global one; a problem that draws random numbers in training (dropout) draws
-        member k's inside it. Buffers (BatchNorm) are updated in place per member."""
+        iterator's). ``member_rng`` is the members' ``MemberRNG``: ``member_rng(k)`` (or
+        ``member_rng.each()``) makes member k's RNG stream the global one; a problem that
+        draws random numbers in training (dropout) draws member k's there. Buffers
+        (BatchNorm) are updated in place per member."""
         inputs = torch.stack([b.inputs for b in batches])  # (K, B, ...)
         targets = torch.stack([b.targets for b in batches])
         return self.fn(params, buffers, inputs, targets), carried
@@ -133,6 +134,19 @@ class MemberRNG:
             yield
         finally:
             self._states[k] = self._get()
+            self._set(outer)
+
+    def each(self) -> Iterator[int]:
+        """Member after member (k = 0..K-1), each with its stream as the global one while
+        the loop body runs: what ``with rng(k)`` does for each k, with the outer state saved
+        and put back once instead of K times (the char-LSTM draws its masks so each step)."""
+        outer = self._get()
+        try:
+            for k in range(len(self._states)):
+                self._set(self._states[k])
+                yield k
+                self._states[k] = self._get()
+        finally:
             self._set(outer)
 
     def state(self, k: int) -> dict:

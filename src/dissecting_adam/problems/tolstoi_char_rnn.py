@@ -134,7 +134,8 @@ class CharRNNBatchedLoss(BatchedLoss):
     """K char-LSTMs: carried state ((h, c) per layer, each (K, 1, B, H)), per-member resets
     at epoch starts, and dropout masks from each member's RNG stream.
 
-    Per step, member k's four masks are drawn inside ``member_rng(k)``, for k = 0..K-1, before
+    Per step, member k's four masks are drawn with its stream as the global one
+    (``member_rng.each()``), for k = 0..K-1, before
     the batched forward pass: exactly the random numbers its single run's training forward
     draws (and nothing else is drawn there).
     """
@@ -171,19 +172,19 @@ class CharRNNBatchedLoss(BatchedLoss):
         elif any(starts):  # before_batch's reset, for these members only
             keep = torch.tensor([not s for s in starts], device=device).view(K, 1, 1, 1)
             carried = tuple(tuple(torch.where(keep, t, 0.0) for t in layer) for layer in carried)
-        layouts = self._layouts(B, T, dtype, device)
-        drawn = []
-        for k in range(K):
-            with member_rng(k):
-                drawn.append(self._model.dropout_masks(layouts))
+        ones = self._ones(B, T, dtype, device)
+        drawn = [self._model.dropout_masks(ones) for _ in member_rng.each()]
         masks = tuple(torch.stack(m) for m in zip(*drawn, strict=True))  # 4 x (K, B, T, H)
         losses, state = self.fn(params, buffers, inputs, targets, carried, masks)
         return losses, tuple(tuple(t.detach() for t in layer) for layer in state)
 
-    def _layouts(self, batch: int, steps: int, dtype, device):
+    def _ones(self, batch: int, steps: int, dtype, device):
+        """Ones in the layouts of the four dropped tensors, made once per shape (no graph)."""
         key = (batch, steps, dtype, torch.device(device))
         if self._layout_cache is None or self._layout_cache[0] != key:
-            self._layout_cache = (key, self._model.dropout_layouts(batch, steps, dtype, device))
+            layouts = self._model.dropout_layouts(batch, steps, dtype, device)
+            ones = tuple(torch.ones_like(t, requires_grad=False) for t in layouts)
+            self._layout_cache = (key, ones)
         return self._layout_cache[1]
 
     def carried_of(self, carried, k: int):

@@ -114,14 +114,19 @@ def group_key(spec: RunSpec) -> str:
     return json.dumps(spec.derive(seed=0, lr=1.0).to_dict(), sort_keys=True)
 
 
-def tasks(specs: Sequence[RunSpec], members: int) -> list[tuple[list[RunSpec], int]]:
-    """Units of work, in the batch's order: ``(runs, k)``, a group of up to ``members`` runs
-    (k = members) where the problem and method allow it, else one run (k = 1)."""
+def by_key(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """The runs that can train as one group (the same ``group_key``), in first-seen order."""
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
         groups.setdefault(group_key(spec), []).append(spec)
+    return list(groups.values())
+
+
+def tasks(specs: Sequence[RunSpec], members: int) -> list[tuple[list[RunSpec], int]]:
+    """Units of work, in the batch's order: ``(runs, k)``, a group of up to ``members`` runs
+    (k = members) where the problem and method allow it, else one run (k = 1)."""
     out = []
-    for group in groups.values():
+    for group in by_key(specs):
         k = members
         if k > 1 and len(group) > 1 and can_run(group[0], k):
             out += [(group[i : i + k], k) for i in range(0, len(group), k)]

@@ -50,7 +50,7 @@ import torch
 from ..runner.plan import can_run, to_overrides
 from ..runner.session import execute_seeds
 from ..runner.spec import RunSpec
-from .batching import group_key, tasks
+from .batching import by_key, tasks
 from .workers import exit_reason, finished, one_line, record_death, release, ticket_pid
 
 log = logging.getLogger(__name__)
@@ -296,11 +296,8 @@ class HydraMultirun:
     parallel_seeds: int = 1
 
     def commands(self, specs: Sequence[RunSpec]) -> list[list[str]]:
-        by_key: dict[str, list[RunSpec]] = {}
-        for spec in specs:
-            by_key.setdefault(group_key(spec), []).append(spec)
         out = []
-        for group in by_key.values():
+        for group in by_key(specs):
             base = [
                 o for o in to_overrides(group[0]) if not o.startswith(("optimizer.lr=", "seed="))
             ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..runner import files
+from ..runner.session import now_utc
 from ..runner.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ def exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _running_sessions(run, pids) -> list[dict]:
     """The sessions of ``run`` still recorded as running by one of ``pids``."""
     try:
@@ -73,7 +69,7 @@ def record_death(spec: RunSpec, pid: int | None, why: str) -> str | None:
         if not run.path.exists():  # it died before the run started
             return line
         with files.RunLock(run.path):  # released by the dead worker; nobody else trains it
-            changes = {"status": "failed", "end": _now(), "error": why}
+            changes = {"status": "failed", "end": now_utc(), "error": why}
             for session in _running_sessions(run, {pid}):
                 run.update_session(session["start"], changes)
             if run.summary() is None:
@@ -93,7 +89,7 @@ def release(spec: RunSpec, pids: set[int]) -> None:
         with files.RunLock(run.path):
             for session in _running_sessions(run, pids):
                 run.update_session(session["start"], {
-                    "status": "interrupted", "end": _now(),
+                    "status": "interrupted", "end": now_utc(),
                     "error": "stopped when another worker of its pool died; resumed",
                 })  # fmt: skip
     except (files.ResultsError, OSError) as err:

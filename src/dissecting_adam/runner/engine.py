@@ -44,7 +44,7 @@ class Single:
     def __init__(self, problem: Problem, model: nn.Module, optimizer, scheduler, seed: int):
         self.problem, self.model = problem, model
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.k, self.seed = 1, seed
+        self.seed = seed
         self.batch_variance = getattr(optimizer, "needs_batch_variance", False)
         if self.batch_variance:
             per_example.check_supported(model, problem.name)
@@ -76,11 +76,11 @@ class Single:
     def capture(self, k: int) -> dict:
         return checkpoint.capture(self.model, self.optimizer, self.scheduler)
 
-    def restore(self, k: int, payload: dict) -> None:
-        """Restore member ``k`` from a checkpoint payload; on failure nothing is changed."""
+    def restore(self, payloads: Sequence[dict]) -> None:
+        """Restore the run from its checkpoint payload; on failure nothing is changed."""
         before = copy.deepcopy(self.capture(0))
         try:
-            checkpoint.restore(payload, model=self.model, optimizer=self.optimizer,
+            checkpoint.restore(payloads[0], model=self.model, optimizer=self.optimizer,
                                scheduler=self.scheduler)  # fmt: skip
         except BaseException:
             checkpoint.restore(before, model=self.model, optimizer=self.optimizer,
@@ -94,7 +94,7 @@ class Stacked:
     def __init__(self, problem: Problem, models: list[nn.Module], build_optimizer: Callable,
                  lrs: Sequence[float], seeds: Sequence[int],
                  compile_mode: str | None = None):  # fmt: skip
-        self.problem, self.models, self.k = problem, models, len(models)
+        self.problem, self.models = problem, models
         self.lrs, self.seeds = [float(lr) for lr in lrs], list(seeds)
         self.device = next(models[0].parameters()).device
         self.params, self.buffers = stack_module_state(models)  # (K, ...) leaves
@@ -104,13 +104,17 @@ class Stacked:
         self.loss = problem.batched_loss(models[0])
         if compile_mode is not None:  # the K forward and backward passes as one graph
             self.loss.compile(compile_mode)
-        self.carried = self.loss.init_carried(self.k, self.device)
+        self.carried = self.loss.init_carried(len(models), self.device)
         self.rng = MemberRNG(self.seeds)
-        ratios = [lr / self.lrs[0] for lr in self.lrs]
-        same = all(r == 1.0 for r in ratios)
-        self.ratios = (
-            None if same else torch.tensor(ratios, dtype=torch.float64, device=self.device)
-        )
+        # Per parameter, lr_k / lr_0 shaped to broadcast over member k's slice (computed in
+        # float64, then in the parameter's dtype); None when all members share one lr.
+        self.ratios = None
+        if any(lr != self.lrs[0] for lr in self.lrs):
+            ratios = torch.tensor([lr / self.lrs[0] for lr in self.lrs], dtype=torch.float64)
+            self.ratios = {
+                n: ratios.reshape(-1, *[1] * (p.dim() - 1)).to(p.device, p.dtype)
+                for n, p in self.params.items()
+            }
         self.frozen: dict[int, list[torch.Tensor]] = {}
 
     def start(self) -> None:
@@ -132,9 +136,7 @@ class Stacked:
         with torch.no_grad():
             if before is not None:  # member k moves lr_k / lr_0 times member 0's step size
                 for n, old in zip(self.names, before, strict=True):
-                    p = self.params[n]
-                    ratio = self.ratios.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype)
-                    p.copy_(old + ratio * (p - old))
+                    self.params[n].sub_(old).mul_(self.ratios[n]).add_(old)
             for k, slices in self.frozen.items():  # a diverged member stays where it stopped
                 for n, s in zip(self.names, slices, strict=True):
                     self.params[n][k].copy_(s)
@@ -179,7 +181,7 @@ class Stacked:
         }
 
     @torch.no_grad()
-    def restore_all(self, payloads: Sequence[dict]) -> None:
+    def restore(self, payloads: Sequence[dict]) -> None:
         """Every member from its payload (all saved after the same number of steps)."""
         for k, payload in enumerate(payloads):
             model = self.models[k]
@@ -206,9 +208,6 @@ class Stacked:
         self.scheduler.load_state_dict(_scheduler_with_lr(first["scheduler"], self.lrs[0], factor))
         np.random.set_state(first["rng"]["numpy"])  # noqa: NPY002
         random.setstate(first["rng"]["python"])
-
-    def restore(self, k: int, payload: dict) -> None:
-        raise NotImplementedError("a group restores all its members at once (restore_all)")
 
 
 def _member_slice(value, shape: tuple, k: int):

@@ -49,21 +49,25 @@ class RunLocked(ResultsError):
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _no_room(err: BaseException | None) -> OSError | None:
+    """The error in ``err``'s chain (it, or what it was raised from) that found no room."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_ROOM:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def disk_full(err: BaseException | None) -> BaseException | None:
     """``err`` if it (or an error it was raised from) says the disk had no room, else None."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
-            return err
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return err if _no_room(err) is not None else None
 
 
 class DiskFull(ResultsError):
     """A write found no room; the message names the disk and how to go on."""
 
     def __init__(self, err: BaseException, folder: Path | None = None):
-        where = _find_errno_path(err) or folder
+        where = getattr(_no_room(err), "filename", None) or folder
         free = ""
         if where is not None:
             try:
@@ -76,14 +80,6 @@ class DiskFull(ResultsError):
             "finished was touched and the run's checkpoints are kept: free some space (or "
             "choose results_root=<dir> on another disk), then rerun to resume the run."
         )
-
-
-def _find_errno_path(err: BaseException | None):
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in _NO_ROOM and err.filename:
-            return err.filename
-        err = err.__cause__ or err.__context__
-    return None
 
 
 # --- modes and atomic writes ----------------------------------------------------------

@@ -115,7 +115,7 @@ def train(
     device = engine.device
 
     # 1. Resume or start.
-    start = _resume(engine, members, payloads, monitor, device)
+    start = _resume(engine, members, payloads, monitor)
     batches = [_batches(problem, m.seed, p, start) for m, p in zip(members, payloads, strict=True)]
     if start:
         log.info("resumed %s at step %d", ", ".join(str(m.run.path) for m in members), start)
@@ -237,7 +237,7 @@ def train_group(problem: Problem, models: list[torch.nn.Module], build_optimizer
     return train(problem, members, stacked, settings, payloads, stop)
 
 
-def _resume(engine, members, payloads, monitor: Divergence, device) -> int:
+def _resume(engine, members, payloads, monitor: Divergence) -> int:
     """Restore every member from its payload (or start it); return the common step."""
     steps = {0 if p is None else int(p["step"]) for p in payloads}
     if len(steps) > 1:
@@ -250,10 +250,7 @@ def _resume(engine, members, payloads, monitor: Divergence, device) -> int:
             m.run.truncate_metrics(0)
         return 0
     try:
-        if len(members) == 1:
-            engine.restore(0, payloads[0])
-        else:
-            engine.restore_all(payloads)
+        engine.restore(payloads)
     except Exception as err:  # another method's checkpoint, a model of another shape
         for p in payloads:
             checkpoint.move_unusable(p["path"], err)
@@ -266,7 +263,7 @@ def _resume(engine, members, payloads, monitor: Divergence, device) -> int:
         return 0
     for k, (m, p) in enumerate(zip(members, payloads, strict=True)):
         m.counters = p["runner"]
-        monitor.restore(k, m.counters, device)  # the window open then
+        monitor.restore(k, m.counters, engine.device)  # the window open then
         m.run.truncate_metrics(m.counters["metrics_size"])  # drop rows written after it
     return steps.pop()
 

@@ -17,7 +17,6 @@ environment record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -174,8 +173,7 @@ def _engine(problem, specs: list[RunSpec]):
                              first.seed)  # fmt: skip
 
     def build(params, lr):
-        kwargs = {**first.optimizer.kwargs, "lr": lr}
-        return dataclasses.replace(first.optimizer, kwargs=kwargs).build(params)
+        return first.derive(lr=lr).optimizer.build(params)
 
     models = [problem.build_model(s.seed) for s in specs]
     return engine.Stacked(problem, models, build, [s.optimizer.lr for s in specs],
@@ -206,7 +204,7 @@ class Session:
             self.members = [i for i in range(len(self.specs)) if i not in self.found]
             self.specs = [self.specs[i] for i in self.members]
             self.runs = [self.runs[i] for i in self.members]
-            self.record = {"start": _now(), "device": self.device, "status": "running",
+            self.record = {"start": now_utc(), "device": self.device, "status": "running",
                            "pid": os.getpid()}  # fmt: skip
             if self.data_fingerprint is not None:  # which bytes of data this session read
                 self.record["data_fingerprint"] = self.data_fingerprint
@@ -264,7 +262,7 @@ class Session:
                 if run.summary() is None:
                     error = f"{kind.__name__}: {err}"
                     run.write_summary({"status": "failed", "error": error})
-        changes = {"end": _now(), "wall_time_s": time.perf_counter() - self.t0}
+        changes = {"end": now_utc(), "wall_time_s": time.perf_counter() - self.t0}
         for spec, run in zip(self.specs, self.runs, strict=True):
             member = (run.summary() or {}).get("status")
             own = member if member in store.FINISHED else status
@@ -310,5 +308,6 @@ def _stop_on_sigterm():
                 scheduler(usr2, None)
 
 
-def _now() -> str:
+def now_utc() -> str:
+    """The time of a session record (UTC, seconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -223,10 +223,10 @@ class RunDir:
 
     def metrics_match(self, size: int, sha256: str | None) -> str | None:
         """Why metrics.jsonl does not begin with what a checkpoint recorded, or None."""
-        data = self.metrics_file.read_bytes() if self.metrics_file.exists() else b""
-        if len(data) < size:
-            return f"{self.metrics_file} has {len(data)} bytes, the checkpoint expects {size}"
-        if sha256 is not None and hashlib.sha256(data[:size]).hexdigest() != sha256:
+        have = self.metrics_file.stat().st_size if self.metrics_file.exists() else 0
+        if have < size:
+            return f"{self.metrics_file} has {have} bytes, the checkpoint expects {size}"
+        if sha256 is not None and self.metrics_sha256(size) != sha256:
             return f"{self.metrics_file} differs from what the checkpoint recorded"
         return None
 

@@ -94,14 +94,15 @@ class CharRNN(nn.Module):
         h, s2 = lstm_layer(self.lstm2, (h * m2) * m3, state[1])
         return self.dense(h * m4), (s1, s2)
 
-    def dropout_masks(self, layouts: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    def dropout_masks(self, ones: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """The four masks ``forward_from`` would draw now from the global RNG, as tensors.
 
-        Each is the same dropout op on ones laid out as the tensor it would drop (see
-        ``dropout_layouts``), so it consumes the same random numbers and yields the same
-        factors on the same elements: ``h * mask`` equals ``self.dropout(h)`` bit for bit.
+        Each is the same dropout op on ones laid out as the tensor it would drop (``ones``:
+        ``torch.ones_like`` of ``dropout_layouts``; dropout leaves its input as it is), so
+        it consumes the same random numbers and yields the same factors on the same
+        elements: ``h * mask`` equals ``self.dropout(h)`` bit for bit.
         """
-        return [F.dropout(torch.ones_like(t), self.dropout.p, training=True) for t in layouts]
+        return [F.dropout(t, self.dropout.p, training=True) for t in ones]
 
     def dropout_layouts(self, batch: int, steps: int, dtype, device) -> tuple[torch.Tensor, ...]:
         """Tensors with the shapes and strides of the four inputs of ``forward_from``'s
