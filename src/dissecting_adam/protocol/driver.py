@@ -13,8 +13,12 @@ runs of every pair and hands them to the launcher as one batch.
     search:    StepSizeSearch on the grid from there down, full budget, the search seed
                (outside the replicate seeds); a search run at a probed step size resumes
                from its probe's checkpoint instead of starting again;
-    replicate: the selected step size with every replicate seed;
-    report:    curves, summary, claims and figures from the store only (``outputs``).
+    replicate: the selected step size with every replicate seed, except for a pair whose
+               winner is the lowest step size searched after ``max_extensions``
+               extensions or at ``grid.lo`` (``stopped``): an error that stops that pair
+               (the others go on; the command then exits with status 1 and one line);
+    report:    curves, summary, claims and figures from the store only (``outputs``), with
+               what the other ``mode`` would have picked from the same runs (``other_modes``).
 
 Batching (``r.batching``, from ``batching.resolve``): the launcher trains the runs of a batch
 that differ only in seed and step size as groups of up to ``members``, so a search round's
@@ -26,13 +30,14 @@ the selection are those of single probes; the probes it did not need stay in the
 
 ``dry_run`` prints the plan (what is in the store, what would run next) and runs nothing.
 
-Longer than 300 lines: the rounds, the probing ahead and the dry run read one pair state
-(``PairState``) that would otherwise be passed between modules.
+Longer than 300 lines: the rounds, the probing ahead, the stopped pairs and the dry run
+read one pair state (``PairState``) that would otherwise be passed between modules.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +50,7 @@ from ..runner.spec import ConfigError, RunSpec
 from . import outputs
 from .batching import Batching
 from .progress import Tracker
-from .search import METRICS, Outcome, Probe, SearchSettings
+from .search import Outcome, Probe, SearchSettings, metric_from, select_with
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class Reproduction:
         """The probe at ``lr``: the search run's first part (the whole run if
         ``probe_fraction`` >= 1)."""
         base = self.base[pair]
-        stop = self.search.probe_steps(base.num_steps, base.train.eval_every)
+        stop = self.search.probe_steps(base.num_steps)
         return base.derive(lr=lr, seed=self.search.search_seed, stop_at=stop, role="probe")
 
     def search_run(self, pair: Pair, lr: float) -> RunSpec:
@@ -112,15 +117,8 @@ def progressed(spec: RunSpec, summary: dict, ratio: float | None) -> bool | None
 
 def metric_of(spec: RunSpec, summary: dict, search: SearchSettings) -> float | None:
     """The selection metric of a finished run: final, or best over its evaluations."""
-    split, column, higher = METRICS[search.metric]
-    if search.mode == "final":
-        value = (summary.get("final") or {}).get(f"{split}_{column}")
-        return None if value is None else float(value)
-    rows = spec.run_dir().read_metrics()
-    values = [r[column] for r in rows if r.get("split") == split and r.get(column) is not None]
-    if not values:
-        return None
-    return max(values) if higher else min(values)
+    rows = spec.run_dir().read_metrics() if search.mode == "best" else []
+    return metric_from(summary, rows, search.metric, search.mode)
 
 
 # --- the search -----------------------------------------------------------------------
@@ -227,35 +225,86 @@ def run_search(r: Reproduction, tracker: Tracker | None = None) -> dict:
 
 def launch(r: Reproduction, specs: Sequence[RunSpec], on_done=None) -> None:
     """Hand ``specs`` to the launcher; a whole run whose probe is stored (same lr and seed,
-    stopped early, stable) starts from the probe's checkpoint instead of from scratch."""
+    stopped early at one of the run's evaluation steps, stable) starts from the probe's
+    checkpoint instead of from scratch (byte-identical to a run never stopped only there:
+    ``SearchSettings.probe_steps``)."""
     for spec in specs:
         pair = (spec.problem, spec.optimizer.name)
         if spec.train.stop_at is not None or spec.seed != r.search.search_seed:
             continue
+        if not r.search.resumes_from_probe(spec.num_steps, spec.train.eval_every):
+            continue
         probe = r.probe(pair, spec.optimizer.lr)
-        out = outcome_of(probe, r.search) if probe.train.stop_at is not None else None
+        out = outcome_of(probe, r.search)
         if out is not None and out.stable and spec.run_dir().adopt(probe.run_dir()):
             log.info("%s starts from its probe's checkpoint", spec.run_dir().path)
     r.launch(specs, on_done)
 
 
 def replicates(r: Reproduction, chosen: dict) -> list[RunSpec]:
+    """The replicates of every selection but those of the pairs ``stopped``."""
+    stops = stopped(r, chosen)
     return [
         r.replicate(pair, sel.lr, seed)
         for pair, (sel, _) in chosen.items()
-        if sel is not None
+        if sel is not None and pair not in stops
         for seed in r.search.replicate_seeds
     ]
 
 
-def warn_edges(r: Reproduction, chosen: dict) -> None:
+def stopped(r: Reproduction, chosen: dict) -> dict[Pair, str]:
+    """pair -> why its search is an error that stops it before its replicates (one line:
+    the pair, the lr, the fix): the winner is the lowest step size searched after
+    ``max_extensions`` extensions, or the grid's last point (``grid.lo``), so the best step
+    size may lie below the search. With ``max_extensions: 0`` and grid points left below,
+    the profile asked for no extension: a warning (``warn_edges``), not an error."""
+    s, out = r.search, {}
+    for pair, (sel, st) in chosen.items():
+        search = s.search(methods.get(pair[1]), st.top or 0)
+        edge = search.lower_edge(st.outcomes) if sel is not None else None
+        if edge is None or not (edge[0] or s.max_extensions > 0):
+            continue
+        grid_end, extended = edge
+        if grid_end:
+            why = f"the grid ends there (search.grid.lo={s.lo:g})"
+            fix = "lower search.grid.lo"
+            if extended >= s.max_extensions:
+                fix += f" and raise search.max_extensions (now {s.max_extensions})"
+        else:
+            why = f"after {extended} extension(s) below the window (search.max_extensions)"
+            fix = f"raise search.max_extensions (now {s.max_extensions})"
+        out[pair] = (f"{pair[0]}/{pair[1]}: search stopped, no replicates: the selected lr "
+                     f"{sel.lr:g} is the lowest step size searched, {why}, so a smaller one "
+                     f"may be better; {fix} and rerun")  # fmt: skip
+    return out
+
+
+def other_modes(r: Reproduction, chosen: dict) -> dict[Pair, dict | None]:
+    """pair -> what the other ``mode`` (best over the evaluations for final, final for
+    best) picks from the same stored search runs (``stepsize.select_with``), or None."""
+    other = dataclasses.replace(r.search, mode="best" if r.search.mode == "final" else "final")
+    out = {}
+    for pair, (_, st) in chosen.items():
+        if st.top is None:
+            out[pair] = None
+            continue
+        specs = {lr: r.search_run(pair, lr) for lr in st.outcomes}
+        metrics = {lr: metric_of(x, finished_summary(x) or {}, other) for lr, x in specs.items()}
+        pick = select_with(r.search.search(methods.get(pair[1]), st.top), st.outcomes, metrics)
+        out[pair] = None if pick is None else {"mode": other.mode, **pick}
+    return out
+
+
+def warn_edges(r: Reproduction, chosen: dict, stops: dict[Pair, str]) -> None:
     for pair, (sel, st) in chosen.items():
         top = r.search.lrs(methods.get(pair[1]))[0]
         if sel is None:
             log.warning("%s/%s: no step size completed; no replicates", *pair)
+        elif pair in stops:
+            log.error("%s", stops[pair])
         elif sel.on_lower_edge:
-            log.warning("%s/%s: selected lr %g is on the lower edge of the searched range",
-                        *pair, sel.lr)  # fmt: skip
+            log.warning("%s/%s: selected lr %g is on the lower edge of the searched range "
+                        "(search.max_extensions=0: no extension)", *pair, sel.lr)  # fmt: skip
         elif st.cap_reached and sel.lr >= top:
             log.warning(
                 "%s/%s: selected lr %g is the cap of the grid (search.grid.up_points above the "
@@ -272,15 +321,19 @@ def reproduce(r: Reproduction) -> dict[str, Path]:
     kept = getattr(r.launch, "kept", None)
     with kept() if kept is not None else contextlib.nullcontext():
         chosen = run_search(r, tracker)
-        warn_edges(r, chosen)
+        stops = stopped(r, chosen)
+        warn_edges(r, chosen, stops)
         todo = [spec for spec in replicates(r, chosen) if finished_summary(spec) is None]
         if todo:
             states = {pair: st for pair, (_, st) in chosen.items()}
             launch(r, todo, tracker.phase("replicates", todo, states))
-    paths = outputs.write(r, chosen)
+    paths = outputs.write(r, chosen, other_modes(r, chosen), stops)
     print(f"Done in {(time.perf_counter() - t0) / 60:.1f} min. Outputs:")
     for path in sorted(r.out_dir.iterdir()):
         print(f"  {path}")
+    if stops:  # the other pairs are done; the command exits with status 1 and this line
+        raise ConfigError(f"{len(stops)} pair(s) stopped (outputs written): " +
+                          "; ".join(stops.values()))  # fmt: skip
     return paths
 
 
@@ -320,7 +373,7 @@ def plan_line(r: Reproduction) -> str:
 def dry_run(r: Reproduction) -> str:
     """The plan as text: per pair, what the store holds and what would run next."""
     states, batch, chosen, reps, rep_todo = plan(r)
-    nxt = {}
+    stops, nxt = stopped(r, chosen), {}
     for spec in batch:
         nxt.setdefault((spec.problem, spec.optimizer.name), []).append(spec)
     lines = [f"Plan ({r.profile} profile, search '{r.search.name}'; nothing is run):",
@@ -333,7 +386,9 @@ def dry_run(r: Reproduction) -> str:
             kind = "probe" if spec.train.stop_at is not None or st.top is None else "search"
             lines.append(f"    next: {kind} lr={spec.optimizer.lr:g} seed={spec.seed} "
                          f"({spec.train.end} steps) -> {spec.run_dir().path}")  # fmt: skip
-        if sel is not None:
+        if pair in stops:
+            lines.append(f"    {stops[pair]}")
+        elif sel is not None:
             mine = [s for s in reps if (s.problem, s.optimizer.name) == pair]
             left = [s for s in mine if s in rep_todo]
             lines.append(f"    selected lr={sel.lr:g}; replicates: {len(mine) - len(left)} "

@@ -28,14 +28,19 @@ def _csv(path: Path, table: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def write(r, chosen: dict) -> dict[str, Path]:
-    """``r`` is the driver's ``Reproduction``; ``chosen`` maps pair -> (Selection, state)."""
+def write(r, chosen: dict, other: dict | None = None, stops: dict | None = None) -> dict[str, Path]:
+    """``r`` is the driver's ``Reproduction``; ``chosen`` maps pair -> (Selection, state);
+    ``other`` pair -> what the other mode picks (``driver.other_modes``); ``stops`` pair ->
+    why the pair was stopped before its replicates (``driver.stopped``)."""
+    other, stops = other or {}, stops or {}
     out = r.out_dir
     out.mkdir(parents=True, exist_ok=True)
     table = collect(Path(r.base[r.pairs[0]].results_root) / r.profile)
     problems = list(dict.fromkeys(p for p, _ in chosen))
     paths = {}
-    picked = {pair: sel.lr for pair, (sel, _) in chosen.items() if sel is not None}
+    picked = {
+        pair: sel.lr for pair, (sel, _) in chosen.items() if sel is not None and pair not in stops
+    }
     hashes = {
         store.config_hash(r.replicate(pair, lr, seed).identity())
         for pair, lr in picked.items()
@@ -62,7 +67,12 @@ def write(r, chosen: dict) -> dict[str, Path]:
     search_df = pd.DataFrame(rows)
     if len(search_df):
         _csv(out / "search.csv", search_df)
-        _text(out / "search.md", banner + aggregate.to_markdown(search_df))
+        picks = selection_table(chosen, other, stops)
+        picks = picks.astype(object).where(picks.notna(), "")
+        stopped = "".join(f"\n**Stopped:** {line}\n" for line in stops.values())
+        _text(out / "search.md", banner + aggregate.to_markdown(search_df)
+              + "\nSelected, and what the other mode picks from the same runs:\n\n"
+              + aggregate.to_markdown(picks) + stopped)  # fmt: skip
         metric = r.search.metric
         for problem in problems:
             sens = search_df.rename(columns={"metric": metric})
@@ -96,6 +106,10 @@ def write(r, chosen: dict) -> dict[str, Path]:
             # The cap of the grid was stable: a larger step size may be stable (and better).
             "cap_reached": st.cap_reached,
             "probes": {f"{lr:g}": _probe_word(x) for lr, x in sorted(st.probes.items())},
+            # The same search runs ranked by the other mode (final / best over evaluations).
+            "other_mode": other.get((p, o)),
+            # Why this pair got no replicates (the winner on the lower edge), and the fix.
+            "stopped": stops.get((p, o)),
         }
         for (p, o), (sel, st) in chosen.items()
     }
@@ -107,7 +121,7 @@ def write(r, chosen: dict) -> dict[str, Path]:
             tables["claims"] = pd.read_csv(out / "claims.csv")
         tables["selection"] = pd.DataFrame(
             [{"pair": k, **(v or {})} for k, v in selection.items() if k != "note"]
-        ).drop(columns=["probes", "tie_with"], errors="ignore")
+        ).drop(columns=["probes", "tie_with", "other_mode"], errors="ignore")
         loggers.log_reproduction(
             project=lg.project, entity=lg.entity, mode=lg.mode, dir=lg.dir,
             name=f"fig5/{r.profile}",
@@ -139,6 +153,27 @@ def notes(r, reps: pd.DataFrame) -> list[str]:
         out.append(f"{r.profile} profile: a fraction of the paper's budget ({budgets}), "
                    f"{seeds} seeds (paper: 10); indicative only.")  # fmt: skip
     return out
+
+
+def selection_table(chosen: dict, other: dict, stops: dict) -> pd.DataFrame:
+    """Per pair: the selected lr and metric, what the other mode picks from the same runs
+    (``other``: pair -> ``{"mode", "lr", "metric", "complete", "needs"}`` or None), and
+    whether the pair was stopped before its replicates (``stops``: pair -> why)."""
+    rows = []
+    for (p, o), (sel, _) in chosen.items():
+        alt = other.get((p, o))
+        rows.append(dict(
+            problem=p, optimizer=o,
+            lr=None if sel is None else sel.lr,
+            metric=None if sel is None else sel.metric,
+            other_mode=None if alt is None else alt["mode"],
+            other_lr=None if alt is None else alt["lr"],
+            other_metric=None if alt is None else alt["metric"],
+            other_note=None if alt is None or alt["complete"]
+            else f"would also search lr={alt['needs']:g}",
+            replicates="stopped" if (p, o) in stops else ("none" if sel is None else "yes"),
+        ))  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _probe_word(outcome) -> str:

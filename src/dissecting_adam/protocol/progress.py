@@ -20,7 +20,7 @@ def remaining_steps(r, states: dict) -> int:
     for pair, st in states.items():
         base = r.base[pair]
         budget, seeds = base.num_steps, len(r.search.replicate_seeds)
-        probe = r.search.probe_steps(budget, base.train.eval_every) or budget
+        probe = r.search.probe_steps(budget) or budget
         if st.top is None:  # a probe at least, then the search window
             total += probe + r.search.points * budget
         else:

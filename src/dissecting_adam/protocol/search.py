@@ -2,7 +2,8 @@
 
 ``SearchSettings`` checks every setting (one line each: the setting, the bad value, the
 fix) and builds the pure step-size logic of ``stepsize`` (grid, probe, search, selection)
-for each method; those names are importable from here too.
+for each method; those names are importable from here too, and ``metric_from`` reads a
+run's selection metric in either ``mode``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 
 from .stepsize import (  # noqa: F401 - the protocol's names, importable from here
     Outcome,
@@ -17,6 +19,7 @@ from .stepsize import (  # noqa: F401 - the protocol's names, importable from he
     Selection,
     StepSizeSearch,
     grid,
+    select_with,
 )
 
 
@@ -191,12 +194,45 @@ class SearchSettings:
             max_extensions=self.max_extensions,
         )
 
-    def probe_steps(self, budget: int, eval_every: int) -> int | None:
-        """Where a stability probe stops (None: probes are full runs): ``probe_fraction`` of
-        the budget, rounded to an evaluation step of the full run, so that the probe is
-        exactly the first part of that run and the full run can resume from it."""
-        if self.probe_fraction >= 1.0:
+    def probe_steps(self, budget: int) -> int | None:
+        """Where a stability probe stops (None: probes are whole runs): exactly
+        ``probe_fraction`` of the budget, rounded half up to a whole step (the fraction as
+        written: 0.25 of 1,000 is 250, 0.125 of 100 is 13), at least 1; None when that is
+        the whole budget. The runner evaluates a probe at its last step whatever the
+        interval, so every probe has a final training loss to judge its progress by.
+
+        A whole run starts from its probe's checkpoint only where the probe stopped at one
+        of the whole run's evaluation steps (``resumes_from_probe``): elsewhere the probe's
+        extra evaluation would be in the whole run's metrics, which would then differ from
+        a run never stopped, so that whole run trains from scratch."""
+        if self.probe_fraction >= 1:
             return None
-        evals = max(1, round(self.probe_fraction * budget / eval_every))
-        steps = evals * eval_every
+        exact = Decimal(repr(float(self.probe_fraction))) * budget
+        steps = max(1, int(exact.to_integral_value(rounding=ROUND_HALF_UP)))
         return None if steps >= budget else steps
+
+    def resumes_from_probe(self, budget: int, eval_every: int) -> bool:
+        """Whether a whole run of ``budget`` steps (evaluated every ``eval_every``) may start
+        from its probe: the probe stops early, at one of the run's evaluation steps."""
+        stop = self.probe_steps(budget)
+        return stop is not None and stop % eval_every == 0
+
+
+def metric_from(summary: dict, rows: Sequence[Mapping], metric: str, mode: str) -> float | None:
+    """A finished run's selection ``metric`` in ``mode``: ``final``, its value at the end of
+    the budget (the summary); ``best``, the best finite value over its evaluations after
+    step 0 (``rows``, its metrics): the maximum of an accuracy, the minimum of a loss. Step
+    0 is left out: every step size starts from the same model there, so it says nothing
+    about the step size (and would tie runs that never beat it)."""
+    split, column, higher = METRICS[metric]
+    if mode == "final":
+        value = (summary.get("final") or {}).get(f"{split}_{column}")
+        return None if value is None else float(value)
+    values = [
+        float(row[column])
+        for row in rows
+        if row.get("split") == split and row.get("step", 0) > 0 and _number(row.get(column))
+    ]
+    if not values:
+        return None
+    return max(values) if higher else min(values)

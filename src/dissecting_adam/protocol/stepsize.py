@@ -11,10 +11,13 @@ with the best test accuracy within the step budget. Automated here:
    progress (``Outcome.stable``).
 3. Search: it and the next ``points - 1`` grid points below it, each trained with one
    search seed for the full budget (the probe's non-diverged run counts as one).
-4. Select: the best final (or best-during) metric; diverged runs rank last; within a
-   tolerance the larger step size wins (and the tie is reported).
+4. Select: the best metric at the end of the budget (``mode: final``) or over the
+   evaluations within it (``best``); diverged runs rank last; within a tolerance the
+   larger step size wins (and the tie is reported).
 5. Extend: if the winner is the lowest point searched, search further down, up to
-   ``max_extensions`` more points.
+   ``max_extensions`` more points. A winner still on the lower edge after them, or on
+   the grid's last point (``grid.lo``), is reported by ``lower_edge`` (the driver stops
+   that pair: its optimum is not bracketed).
 
 ``StepSizeSearch.next_lr(outcomes)`` is a pure function of the outcomes so far, so a
 driver can restart at any time: finished runs come back from the results store and the
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 def grid(lo: float, hi: float, mantissas: Sequence[float] = (1.0, 3.0, 6.0)) -> list[float]:
@@ -179,6 +182,17 @@ class StepSizeSearch:
         window = self.searched(outcomes)
         return self._select(window, outcomes) if window else None
 
+    def lower_edge(self, outcomes: Mapping[float, Outcome]) -> tuple[bool, int] | None:
+        """Why a complete search kept a winner on the lower edge of its window, else None:
+        (the window reached the grid's last point, ``grid.lo``; how many points it was
+        extended by, ``max_extensions`` unless the grid ended first)."""
+        sel = self.select(outcomes)
+        if sel is None or not sel.on_lower_edge:
+            return None
+        window = self.searched(outcomes)
+        top = self.lrs.index(window[0])
+        return window[-1] == self.lrs[-1], len(window) - min(self.points, len(self.lrs) - top)
+
     # --- ranking ------------------------------------------------------------------------
     def _key(self, lr: float, outcome: Outcome) -> tuple:
         ok = outcome.status == "completed" and outcome.metric is not None
@@ -207,3 +221,22 @@ class StepSizeSearch:
             tie_with=sorted((lr for lr in ties if lr != chosen), reverse=True),
             on_lower_edge=chosen == window[-1],
         )
+
+
+def select_with(
+    search: StepSizeSearch,
+    outcomes: Mapping[float, Outcome],
+    metrics: Mapping[float, float | None],
+) -> dict | None:
+    """What ``search`` picks from the same runs when each run's metric is ``metrics[lr]``
+    (the other mode's: best over the evaluations instead of final, or back): ``lr`` and
+    ``metric``; ``complete`` False, with ``needs`` the step size it would have run next,
+    when that search would have gone on (an extension below) and the pick is among the
+    runs there are. None when none of its window completed."""
+    alt = {lr: replace(out, metric=metrics.get(lr)) for lr, out in outcomes.items()}
+    needs = search.next_lr(alt)
+    window = [lr for lr in search.searched(alt) if lr in alt]
+    sel = search._select(window, alt) if window else None
+    if sel is None:
+        return None
+    return {"lr": sel.lr, "metric": sel.metric, "complete": needs is None, "needs": needs}
