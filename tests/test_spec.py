@@ -72,6 +72,15 @@ def test_identities_are_those_of_the_stores_written_before(overrides, expected):
     assert config_hash(planned(*overrides).identity()) == expected
 
 
+def test_operational_flags_are_not_part_of_the_identity():
+    """``force`` (rerun) and ``role`` (the protocol's tag for the logger) say how a run is
+    launched, not what it computes: the same run, the same record."""
+    spec = planned("problem=cifar10_3c3d", "optimizer=msvag")
+    flagged = planned("problem=cifar10_3c3d", "optimizer=msvag", "force=true", "role=probe")
+    assert (flagged.force, flagged.role) == (True, "probe")
+    assert flagged.identity() == spec.identity() and flagged.run_dir().path == spec.run_dir().path
+
+
 CASES = list(itertools.product(
     ["fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404", "tolstoi_char_rnn"],
     ["msgd", "adam", "mssd_erf"],
@@ -97,13 +106,13 @@ def test_overrides_from_a_spec_plan_to_the_same_run(problem, optimizer, profile)
     "settings",
     [["train.compile=reduce-overhead", "allow_tf32=false", "deterministic=true",
       "flush_denormal=true"],
-     ["train.compile=true", "cudnn_benchmark=true"]],
+     ["train.compile=true", "cudnn_benchmark=false"]],
 )  # fmt: skip
 def test_speed_and_numerics_settings_travel_to_launchers(settings):
     spec = planned("problem=cifar10_3c3d", "optimizer=msvag", *settings)
     again = planned(*to_overrides(spec))
     assert again.identity() == spec.identity() and again.train == spec.train
-    flags = ("allow_tf32", "cudnn_benchmark", "deterministic", "flush_denormal")
+    flags = ("precision", "cudnn_benchmark", "deterministic", "flush_denormal")
     assert [getattr(again, f) for f in flags] == [getattr(spec, f) for f in flags]
 
 

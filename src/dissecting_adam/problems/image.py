@@ -2,6 +2,12 @@
 
 Defaults: docs/problems.md (paper §6.1 and DeepOBS's code); values marked [S?] there come
 from the paper's supplement as recalled and are config values for that reason.
+
+``channels_last`` (default: on CUDA, off on the CPU) keeps the model's 4-D tensors and
+the input batches in NHWC memory order, the layout cuDNN's fastest convolutions (tensor
+cores) read. It changes no value, only which kernels run (and so float rounding, as
+cuDNN's algorithm choice does); like ``eval_batch_size`` it is not part of a run's
+identity.
 """
 
 from __future__ import annotations
@@ -30,8 +36,38 @@ from .models.wrn import WideResNet
 TRAIN_EVAL_SEED = 0
 
 
+@dataclass(frozen=True)
+class ImageConfig(ProblemConfig):
+    #: NHWC memory order for the model and its inputs; None: on CUDA, off elsewhere.
+    channels_last: bool | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.channels_last not in (None, True, False):
+            raise ValueError(
+                f"channels_last must be true, false or null (on CUDA only), "
+                f"got {self.channels_last!r}"
+            )
+
+
 class ImageProblem(Problem):
     """Images resident on the device as uint8; batches by indexing; floats made per batch."""
+
+    Config = ImageConfig
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the model and the batches are in NHWC memory order (``channels_last``)."""
+        setting = self.config.channels_last
+        return self.device.type == "cuda" if setting is None else bool(setting)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images (B, C, H, W) in the memory order the model's kernels expect."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def build_model(self, seed: int) -> nn.Module:
+        model = super().build_model(seed)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def load_data(self) -> ImageData:
         data = load_images(self.source, self.config.data_root, self.config.mirror)
@@ -68,7 +104,7 @@ class ImageProblem(Problem):
 
     def train_transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         # Split in two so that ``skip`` makes the very draws of a batch without its pixels.
-        return self.transform_with(images, self.train_draws(len(images), gen))
+        return self.layout(self.transform_with(images, self.train_draws(len(images), gen)))
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0)  # pixels to [0, 1]
@@ -103,12 +139,12 @@ class ImageProblem(Problem):
             images, labels = data.train_images[idx], data.train_labels[idx]
         size = self.config.eval_batch_size
         for i in range(0, len(labels), size):
-            inputs = self.eval_transform(images[i : i + size])
+            inputs = self.layout(self.eval_transform(images[i : i + size]))
             yield Batch(inputs, labels[i : i + size], 0, i == 0)
 
 
 @dataclass(frozen=True)
-class FMNIST2c2dConfig(ProblemConfig):
+class FMNIST2c2dConfig(ImageConfig):
     batch_size: int = 64  # [S?]; DeepOBS uses 128
     num_steps: int = 6_000  # [S?]
     pool_size: int = 3  # [S?] paper 3x3/2; DeepOBS 2x2/2
@@ -129,7 +165,7 @@ class FMNIST2c2d(ImageProblem):
 
 
 @dataclass(frozen=True)
-class CIFARConfig(ProblemConfig):
+class CIFARConfig(ImageConfig):
     augment: bool = True
 
 

@@ -1,5 +1,5 @@
-"""The numerics and speed settings of a run: TF32, cuDNN autotuning, deterministic
-algorithms, and a compiled model.
+"""The numerics and speed settings of a run: its precision (fp32, TF32, bf16 autocast),
+cuDNN autotuning, deterministic algorithms, and a compiled model.
 
 They are process-wide in torch, so ``configure`` sets every one of them before each
 session (a worker that trains several runs one after another never inherits the previous
@@ -17,6 +17,7 @@ every setting here is bit-identical across resumes (tests/test_runner.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -24,16 +25,38 @@ import torch
 #: cuBLAS's documented setting for deterministic results (a few MiB of workspace).
 CUBLAS_DETERMINISTIC = ":4096:8"
 
+#: A run's precision: ``fp32`` (full float32), ``tf32`` (float32 with TF32 matmuls and
+#: convolutions on CUDA; plain fp32 on the CPU) or ``bf16`` (forward and loss under bf16
+#: autocast; parameters, gradients and optimizer state float32). The paper's: fp32.
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEFAULT_PRECISION = "tf32"
+
+
+def autocast(precision: str, device_type: str):
+    """The context a forward pass and its loss run in: bf16 autocast for ``bf16`` (the
+    backward pass runs outside it, in the dtypes the forward chose), else nothing."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
 
 def configure(
     *,
     device: str,
-    allow_tf32: bool,
-    cudnn_benchmark: bool,
-    deterministic: bool,
+    precision: str = DEFAULT_PRECISION,
+    cudnn_benchmark: bool = True,
+    deterministic: bool = False,
     flush_denormal: bool = False,
+    allow_tf32: bool | None = None,
 ) -> dict:
     """Set torch's backend flags for a run on ``device``; return the settings in effect.
+
+    ``precision`` fp32 turns TF32 off; tf32 and bf16 turn it on (bf16: for the float32 ops
+    autocast leaves). ``allow_tf32=False`` (deprecated) is ``precision="fp32"``.
+    ``cudnn_benchmark`` is in effect on CUDA only and never with ``deterministic``
+    (autotuning may pick non-deterministic algorithms).
 
     ``flush_denormal``: subnormal floats (below 1.2e-38) read and written as zero by the
     CPU (FTZ/DAZ). A saturated LSTM's gradients fill with subnormals, and x86 CPUs compute
@@ -42,12 +65,15 @@ def configure(
     gradient and none on a flushed one; hence it is part of the run's identity.
     """
     cuda = str(device).startswith("cuda")
-    if deterministic and cudnn_benchmark:
-        raise ValueError("deterministic and cudnn_benchmark cannot both be on")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if allow_tf32 is False:
+        precision = "fp32"
     # TF32 only exists on CUDA; on the CPU the flags are off whatever the run asks.
-    torch.backends.cuda.matmul.allow_tf32 = cuda and allow_tf32
-    torch.backends.cudnn.allow_tf32 = cuda and allow_tf32
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+    tf32 = cuda and precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cuda and cudnn_benchmark and not deterministic
     torch.backends.cudnn.deterministic = deterministic
     if deterministic and cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
@@ -56,6 +82,7 @@ def configure(
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     flushed = torch.set_flush_denormal(flush_denormal) and flush_denormal
     return {
+        "precision": precision,
         "flush_denormal": flushed,
         "tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,

@@ -15,6 +15,11 @@ computation and the member-wise state:
   update is the step size times a direction that does not depend on it; float rounding
   aside). A diverged member is frozen: its slices are put back after every step.
 
+Both evaluate the forward pass and the loss in the run's precision (``autocast()``: bf16
+autocast for ``precision="bf16"``; the backward pass and the optimizer step stay outside,
+on float32 parameters, gradients and state). The loop's evaluation passes should enter
+``engine.autocast()`` too.
+
 Both speak the single-run checkpoint format per member (``capture``/``restore``: model
 state_dict, carried LSTM state, optimizer and scheduler state dicts, RNG states), so a
 member resumes as a single run and a single run as a member.
@@ -35,20 +40,26 @@ from .. import per_example
 from ..problems import Problem
 from ..problems.batched import MemberRNG
 from ..problems.batching import Batch
-from . import checkpoint
+from . import backend, checkpoint
 
 
 class Single:
     """One model: the engine of a single run (a group of one)."""
 
-    def __init__(self, problem: Problem, model: nn.Module, optimizer, scheduler, seed: int):
+    def __init__(self, problem: Problem, model: nn.Module, optimizer, scheduler, seed: int,
+                 precision: str = backend.DEFAULT_PRECISION):  # fmt: skip
         self.problem, self.model = problem, model
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.seed = seed
+        self.seed, self.precision = seed, precision
         self.batch_variance = getattr(optimizer, "needs_batch_variance", False)
         if self.batch_variance:
             per_example.check_supported(model, problem.name)
         self.device = next(model.parameters()).device
+        backend.autocast(precision, self.device.type)  # a bad precision fails here
+
+    def autocast(self):
+        """The context of a forward pass and its loss in this run's precision."""
+        return backend.autocast(self.precision, self.device.type)
 
     def start(self) -> None:
         torch.manual_seed(self.seed)  # dropout; build_model and batches have their own
@@ -57,9 +68,12 @@ class Single:
         """The training loss (shape (1,)), its gradient accumulated."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.batch_variance:  # M-SVAG / SVAG with mini-batch variance estimates (§D)
-            loss = per_example.backward_with_variance(self.problem, self.model, batches[0])
+            # torch.func computes the per-example gradients inside the forward transform.
+            with self.autocast():
+                loss = per_example.backward_with_variance(self.problem, self.model, batches[0])
         else:
-            loss = self.problem.training_loss(self.model, batches[0])
+            with self.autocast():
+                loss = self.problem.training_loss(self.model, batches[0])
             loss.backward()
         return loss.reshape(1)
 
@@ -93,10 +107,13 @@ class Stacked:
 
     def __init__(self, problem: Problem, models: list[nn.Module], build_optimizer: Callable,
                  lrs: Sequence[float], seeds: Sequence[int],
-                 compile_mode: str | None = None):  # fmt: skip
+                 compile_mode: str | None = None,
+                 precision: str = backend.DEFAULT_PRECISION):  # fmt: skip
         self.problem, self.models = problem, models
         self.lrs, self.seeds = [float(lr) for lr in lrs], list(seeds)
         self.device = next(models[0].parameters()).device
+        self.precision = precision
+        backend.autocast(precision, self.device.type)  # a bad precision fails here
         self.params, self.buffers = stack_module_state(models)  # (K, ...) leaves
         self.names = list(self.params)
         self.optimizer = build_optimizer([self.params[n] for n in self.names], self.lrs[0])
@@ -120,10 +137,18 @@ class Stacked:
     def start(self) -> None:
         """Each member's RNG stream starts as a single run's would (``MemberRNG``)."""
 
+    def autocast(self):
+        """The context of a forward pass and its loss in the group's precision. Under vmap
+        bf16 autocast reaches less far than in a single run: a Linear adds its bias in
+        float32 (pytorch issue 192617), and on the CPU convolutions stay float32 (their
+        batching rule calls ``aten.convolution``, which the CPU's autocast lacks)."""
+        return backend.autocast(self.precision, self.device.type)
+
     def losses(self, batches: Sequence[Batch], alive: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        losses, self.carried = self.loss(self.params, self.buffers, list(batches), self.carried,
-                                         self.rng)  # fmt: skip
+        with self.autocast():
+            losses, self.carried = self.loss(self.params, self.buffers, list(batches),
+                                             self.carried, self.rng)  # fmt: skip
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
         return losses
 

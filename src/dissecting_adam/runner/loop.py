@@ -162,7 +162,9 @@ def train(
         if step in evals and not (step == start and start > 0):
             for k in live():
                 m = members[k]
-                rows = evaluation_rows(problem, engine.model_of(k), step, settings.eval_max_batches)
+                with engine.autocast():  # evaluation in the run's precision, as training
+                    rows = evaluation_rows(problem, engine.model_of(k), step,
+                                           settings.eval_max_batches)  # fmt: skip
                 m.counters["metrics_size"] = m.run.append_metrics(rows)
                 m.counters["last_eval"] = last_eval(rows)
                 m.logger.log({f"{r['split']}/{key}": r[key] for r in rows for key in KEYS}, step)

@@ -46,6 +46,15 @@ def read_identity(path: Path) -> dict:
     return stored
 
 
+def precision_of(identity: dict) -> str:
+    """A stored identity's precision: ``precision`` where not the default, the older key
+    ``allow_tf32: false`` for fp32 (so that those runs kept their hashes), else tf32 (TF32
+    on CUDA; a CPU run of this setting computed in plain fp32)."""
+    if "precision" in identity:
+        return str(identity["precision"])
+    return "fp32" if identity.get("allow_tf32") is False else "tf32"
+
+
 def metrics_digest(data: bytes) -> dict:
     """What a summary records of the metrics file it summarises."""
     return {"metrics_rows": data.count(b"\n"), "metrics_sha256": hashlib.sha256(data).hexdigest()}

@@ -39,6 +39,13 @@ from .store import RunDir
 
 log = logging.getLogger(__name__)
 
+#: A run's precision as its header line says it: every setting but the default says so.
+PRECISION_HEADER = {
+    "tf32": "precision tf32 (default; plain fp32 on the CPU)",
+    "fp32": "precision fp32 (not the default tf32: TF32 off, the paper's numerics)",
+    "bf16": "precision bf16 (not the default tf32: bf16 autocast, labelled in the records)",
+}
+
 
 def execute(spec: RunSpec) -> dict:
     """One run: skip if finished, else train (resuming) and record. Returns its summary,
@@ -91,7 +98,7 @@ def _already_finished(spec: RunSpec) -> dict | None:
         return None
     log.info("%s: already %s, nothing to do (force=true reruns it)", run.path,
              summary["status"])  # fmt: skip
-    return {**summary, "skipped": True, "run_dir": str(run.path)}
+    return {**summary, "skipped": True, "run_dir": str(run.path), "precision": spec.precision}
 
 
 def check_device(device: str) -> None:
@@ -119,13 +126,16 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
     device = resolve_device(first.device)
     settings = backend.configure(
         device=device,
-        allow_tf32=first.allow_tf32,
+        precision=first.precision,
         cudnn_benchmark=first.cudnn_benchmark,
         deterministic=first.deterministic,
         flush_denormal=first.flush_denormal,
     )
     settings["compile"] = first.train.compile
+    log.info("%s/%s on %s: %s", first.problem, first.optimizer.name, device,
+             PRECISION_HEADER[first.precision])  # fmt: skip
     with problem_for(first, device) as problem:
+        settings["channels_last"] = bool(getattr(problem, "channels_last", False))
         # Prepares and checks the data files (a DataError here leaves no run folder).
         fingerprint = problem.data_fingerprint()
         with Session(specs, device, fingerprint, settings) as session:
@@ -156,7 +166,8 @@ def _train(problem, specs: list[RunSpec], session: Session) -> list[dict]:
         except loop.Regroup:  # a checkpoint was moved aside: form the groups again
             continue
     return [
-        {**out[i], "skipped": False, "run_dir": str(run.path)} for i, run in enumerate(session.runs)
+        {**out[i], "skipped": False, "run_dir": str(run.path), "precision": specs[i].precision}
+        for i, run in enumerate(session.runs)
     ]
 
 
@@ -170,14 +181,15 @@ def _engine(problem, specs: list[RunSpec]):
             backend.compile_model(model, first.train.compile)
         optimizer = first.optimizer.build(model.parameters())
         return engine.Single(problem, model, optimizer, problem.lr_scheduler(optimizer),
-                             first.seed)  # fmt: skip
+                             first.seed, first.precision)  # fmt: skip
 
     def build(params, lr):
         return first.derive(lr=lr).optimizer.build(params)
 
     models = [problem.build_model(s.seed) for s in specs]
     return engine.Stacked(problem, models, build, [s.optimizer.lr for s in specs],
-                          [s.seed for s in specs], first.train.compile)  # fmt: skip
+                          [s.seed for s in specs], first.train.compile,
+                          first.precision)  # fmt: skip
 
 
 class Session:
@@ -208,7 +220,7 @@ class Session:
                            "pid": os.getpid()}  # fmt: skip
             if self.data_fingerprint is not None:  # which bytes of data this session read
                 self.record["data_fingerprint"] = self.data_fingerprint
-            if self.backend is not None:  # TF32, cuDNN, determinism, compile: in effect
+            if self.backend is not None:  # precision, cuDNN, determinism, compile: in effect
                 self.record["backend"] = self.backend
             if len(self.specs) > 1:
                 seeds = [s.seed for s in self.specs]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import logging
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ import torch
 
 from .. import methods
 from ..problems import PROBLEMS, ProblemConfig
+from .backend import PRECISIONS
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -26,7 +30,7 @@ class ConfigError(ValueError):
 
 
 #: Problem settings that do not change a run's result (paths, device, memory use).
-NOT_IDENTITY = ("data_root", "mirror", "device", "eval_batch_size")
+NOT_IDENTITY = ("data_root", "mirror", "device", "eval_batch_size", "channels_last")
 
 
 #: ``train.compile`` modes (torch.compile's); None: eager.
@@ -45,6 +49,29 @@ def compile_mode(value) -> str | None:
             + ", ".join(COMPILE_MODES)
         )
     return str(value)
+
+
+def precision_setting(precision="tf32", allow_tf32: bool | None = None) -> str:
+    """``precision`` (fp32, tf32, bf16), with the deprecated ``allow_tf32=false`` read as
+    ``precision=fp32`` (true or null: no say; TF32 is then the precision's own)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision={precision!r} is not a precision; use one of {', '.join(PRECISIONS)} "
+            '(docs/runner.md, "Precision")'
+        )
+    if allow_tf32 is None or allow_tf32 is True:
+        return str(precision)
+    if allow_tf32 is not False:
+        raise ConfigError(f"allow_tf32 must be true or false, got {allow_tf32!r}; use precision")
+    if precision == "fp32":  # already said (or a record read back): nothing to note
+        return "fp32"
+    if precision == "bf16":
+        raise ConfigError(
+            "allow_tf32=false and precision=bf16 contradict each other; drop allow_tf32 "
+            "(deprecated: precision=fp32 is what it meant)"
+        )
+    log.warning("allow_tf32=false is deprecated: it is precision=fp32 (the same run); use that")
+    return "fp32"
 
 
 def default_eval_every(num_steps: int, points: int = 50) -> int:
@@ -168,13 +195,19 @@ class RunSpec:
     data_variant: str = "real"  # or "synthetic": generated stand-ins (tests, smoke checks)
     results_root: str = "results"
     device: str = "auto"  # resolved when the run starts: "auto" is CUDA if available
-    allow_tf32: bool = True  # TF32 matmuls/convolutions on CUDA
-    cudnn_benchmark: bool = False  # cuDNN picks the fastest algorithms by timing them
+    #: fp32, tf32 (TF32 matmuls and convolutions on CUDA; fp32 on the CPU) or bf16
+    #: (autocast forward and loss; parameters, gradients and optimizer state float32).
+    precision: str = "tf32"
+    #: cuDNN picks the fastest algorithms by timing them (CUDA; off under deterministic).
+    cudnn_benchmark: bool = True
     deterministic: bool = False  # deterministic algorithms only (bit-identical resume)
     flush_denormal: bool = False  # subnormal floats become zero on the CPU (speed; identity)
     force: bool = False
     logger: LoggerSpec = field(default_factory=LoggerSpec)
     role: str = "single"  # in the protocol: probe, search, replicate; single: on its own
+    #: Deprecated, read by ``__init__`` only: ``allow_tf32=False`` is ``precision="fp32"``
+    #: (old config.yaml records and callers keep working; ``precision_setting``).
+    allow_tf32: InitVar[bool | None] = None
 
     @property
     def seed(self) -> int:
@@ -208,14 +241,14 @@ class RunSpec:
             spec = dataclasses.replace(spec, problem_config=problem_config, train=train)
         if stop_at is not None:
             spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_at=stop_at))
+        if "precision" in changes:  # the precision alone, not the deprecated alias read back
+            changes.setdefault("allow_tf32", None)
         return dataclasses.replace(spec, **changes) if changes else spec
 
-    def __post_init__(self):
-        if self.deterministic and self.cudnn_benchmark:
-            raise ConfigError(
-                "deterministic=true and cudnn_benchmark=true contradict each other (autotuning "
-                "may pick non-deterministic algorithms); set one of them to false"
-            )
+    def __post_init__(self, allow_tf32: bool | None):
+        # deterministic=true turns cuDNN autotuning off (backend.configure): it may pick
+        # non-deterministic algorithms; both are recorded, neither is in the identity.
+        object.__setattr__(self, "precision", precision_setting(self.precision, allow_tf32))
 
     # --- identity and record ------------------------------------------------------------
     def identity(self) -> dict:
@@ -228,12 +261,14 @@ class RunSpec:
         t = self.train
         # Settings added later enter only when not at their default, so that the runs
         # recorded before keep their identities (a partial run records where it stops, a
-        # compiled run its mode, an fp32 run on CUDA that TF32 was off, a CPU run that
+        # compiled run its mode, an fp32 or bf16 run its precision, a CPU run that
         # subnormals were flushed: sign methods then take no step where they took one).
         extra = {} if t.stop_at is None else {"stop_at": t.stop_at}
         if t.compile is not None:
             extra["compile"] = t.compile
-        numerics = {} if self.allow_tf32 else {"allow_tf32": False}
+        # fp32 keeps the key that allow_tf32=false wrote, so those runs keep their hash.
+        numerics = {"fp32": {"allow_tf32": False}, "bf16": {"precision": "bf16"}}
+        numerics = dict(numerics.get(self.precision, {}))
         if self.flush_denormal:
             numerics["flush_denormal"] = True
         return {
@@ -284,3 +319,10 @@ class RunSpec:
                 "logger": LoggerSpec(**{**d["logger"], "tags": tuple(d["logger"]["tags"])}),
             }
         )
+
+
+# Deprecated read access for callers that still ask (``plan.to_overrides``; remove when
+# none does): TF32 allowed unless the run is fp32. Set after the class, so that the
+# InitVar's default stays None. ``dataclasses.replace`` passes this value back to
+# ``__init__`` (False keeps an fp32 run fp32); ``derive(precision=...)`` passes None.
+RunSpec.allow_tf32 = property(lambda self: self.precision != "fp32")

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from .files import CorruptRecord, atomic_write
+from .records import precision_of
 from .store import FINISHED, RunDir, read_identity
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def run_dirs(root: Path) -> list[RunDir]:
 def collect(root: Path):
     """All runs under ``root`` as one tidy pandas table (one row per measurement).
 
-    Columns: COLUMNS plus ``data_loss`` (evaluations), ``diverged_step`` and
-    ``data_variant`` (``real``, or ``synthetic`` for generated stand-ins). Runs without a
+    Columns: COLUMNS plus ``data_loss`` (evaluations), ``diverged_step``, ``data_variant``
+    (``real``, or ``synthetic`` for generated stand-ins) and ``precision`` (``tf32``, the
+    default; ``fp32``; ``bf16``: not the paper's numerics). Runs without a
     summary (running or killed) have status ``incomplete``. A run whose records cannot be
     read is left out with a warning naming the file; ``table.attrs["skipped"]`` lists them
     as (path, reason).
@@ -74,9 +76,12 @@ def collect(root: Path):
         df["config_hash"] = config
         # Generated stand-in data (tests, smoke checks) must never pass for real results.
         df["data_variant"] = identity.get("data_variant", "real")
+        df["precision"] = precision_of(identity)  # bf16 must not pass for float32 either
         frames.append(df)
     if not frames:
-        table = pd.DataFrame(columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant"])
+        table = pd.DataFrame(
+            columns=[*COLUMNS, "data_loss", "diverged_step", "data_variant", "precision"]
+        )
     else:
         table = pd.concat(frames, ignore_index=True)
         for col in ("accuracy", "data_loss", "diverged_step"):
