@@ -36,8 +36,9 @@ class Method:
         family: ``"sign"`` (the update's direction is a sign: Adam, M-SSD) or
             ``"non_sign"`` (M-SGD, M-SVAG); the paper's §6.2 groups results by it.
         grid_top: search profile -> the step size the stability probe starts from.
-        seed_parallel: element-wise with per-tensor state and one step counter, so one
-            instance over K stacked networks is K independent runs (``parallel_seeds``).
+
+    What the pipeline may do with the method (per-example gradients, seed-parallel
+    groups) is not declared here but read from its optimizer class: ``capabilities``.
     """
 
     name: str
@@ -46,7 +47,6 @@ class Method:
     color: str
     family: str
     grid_top: Mapping[str, float] = field(default_factory=dict)
-    seed_parallel: bool = True
 
     def __post_init__(self):
         if self.family not in ("sign", "non_sign"):
@@ -60,7 +60,40 @@ class Method:
     @property
     def per_example(self) -> bool:
         """Whether it needs per-example gradients (mini-batch variance estimates, §D)."""
-        return bool(getattr(self.cls, "needs_batch_variance", False))
+        return capabilities(self.cls).per_example
+
+    @property
+    def seed_parallel(self) -> bool:
+        """Whether one instance over K stacked networks is K runs (``parallel_seeds``)."""
+        return capabilities(self.cls).seed_parallel
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the pipeline may do with an optimizer.
+
+    per_example: it needs per-example gradients (the mini-batch variance of paper §D):
+        the runner computes them (``per_example.backward_with_variance``) before each step.
+    seed_parallel: element-wise with per-tensor state and one step counter, so one
+        instance over K stacked networks is K independent runs (``parallel_seeds``).
+    """
+
+    per_example: bool
+    seed_parallel: bool
+
+
+def capabilities(optimizer) -> Capabilities:
+    """The capabilities of an optimizer class (or instance), the one place they are read.
+
+    An optimizer class declares them as class attributes: ``needs_batch_variance = True``
+    (default False) and ``seed_parallel = False`` for an update that is not element-wise
+    (e.g. one with a global norm); without that, a method is seed-parallel unless it needs
+    per-example gradients, which are taken of one network at a time. torch.optim.Adam
+    declares nothing: element-wise, seed-parallel.
+    """
+    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+    per_example = bool(getattr(cls, "needs_batch_variance", False))
+    return Capabilities(per_example, bool(getattr(cls, "seed_parallel", not per_example)))
 
 
 _OPTIM = "dissecting_adam.optim."
@@ -110,23 +143,7 @@ for _m in (
     Method("mssd_va", _OPTIM + "MSSDVA", "M-SSD-VA", "#882255", "sign", SIGN_GRID_TOP),
     Method("mssd_erf", _OPTIM + "MSSDErf", "M-SSD-erf", "#332288", "sign", SIGN_GRID_TOP),
     # Mini-batch variance estimates (§D): per-example gradients of one network at a time.
-    Method(
-        "msvag_mb",
-        _OPTIM + "MSVAGMB",
-        "M-SVAG-mb",
-        "#117733",
-        "non_sign",
-        GRADIENT_GRID_TOP,
-        seed_parallel=False,
-    ),  # fmt: skip
-    Method(
-        "svag_mb",
-        _OPTIM + "SVAGMB",
-        "SVAG-mb",
-        "#44AA99",
-        "non_sign",
-        GRADIENT_GRID_TOP,
-        seed_parallel=False,
-    ),  # fmt: skip
+    Method("msvag_mb", _OPTIM + "MSVAGMB", "M-SVAG-mb", "#117733", "non_sign", GRADIENT_GRID_TOP),
+    Method("svag_mb", _OPTIM + "SVAGMB", "SVAG-mb", "#44AA99", "non_sign", GRADIENT_GRID_TOP),
 ):
     register(_m)

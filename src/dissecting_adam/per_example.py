@@ -198,7 +198,8 @@ def backward_with_variance(problem, model: nn.Module, batch) -> Tensor:
     stateful model's state, and returns the training loss (detached), like
     ``problem.training_loss(model, batch)`` followed by ``backward()``.
     """
-    problem.before_batch(model, batch)
+    if batch.epoch_start and hasattr(model, "reset_state"):  # as the LSTM's training_loss
+        model.reset_state()
     state = getattr(model, "state", None) if hasattr(model, "forward_from") else None
     if state is not None and state[0][0].shape[1] != batch.inputs.shape[0]:
         state = None

@@ -13,12 +13,12 @@ overridable through its config. The training loop stays with the caller, so any
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -84,6 +84,9 @@ class Problem(ABC):
         self.config = config if config is not None else self.Config()
         self.source = source if source is not None else self.default_source()
         self._data = None
+        # The hash of the verified data (``data_fingerprint``), once known: set when the
+        # data is loaded or its manifest read, so that it is computed at most once.
+        self._data_fingerprint: str | None = None
 
     @classmethod
     def from_overrides(cls, source=None, **overrides) -> Problem:
@@ -136,6 +139,14 @@ class Problem(ABC):
     def default_source(self):
         """The description of the real data set (md5s, URLs, mirror folder)."""
 
+    @classmethod
+    def standin(cls, folder: Path):
+        """Write small generated files in the data set's real on-disk format to ``folder``
+        and return their source description (``source=`` of the constructor): what tests and
+        smoke checks run on, with no download and no real data."""
+        raise NotImplementedError(f"{cls.name} has no generated stand-in data; define "
+                                  f"{cls.__name__}.standin(folder)")  # fmt: skip
+
     @abstractmethod
     def load_data(self):
         """Read (preparing if needed) the data set onto the CPU."""
@@ -170,13 +181,8 @@ class Problem(ABC):
     def l2_term(self, model: nn.Module) -> torch.Tensor:
         return l2_term(model, self.config.weight_decay)
 
-    def before_batch(self, model: nn.Module, batch: Batch) -> None:
-        """Hook before each training batch (tolstoi resets its LSTM state here)."""
-        return None
-
     def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The loss that is minimised: mean cross-entropy over the batch + the L2 term."""
-        self.before_batch(model, batch)
         logits = model(batch.inputs)
         data_loss = F.cross_entropy(logits.flatten(0, -2), batch.targets.flatten())
         return data_loss + self.l2_term(model)
@@ -185,11 +191,6 @@ class Problem(ABC):
         """The training loss of K members at once (``problems.batched``); ``template`` is a
         model of this problem (any member's; it is copied, not changed)."""
         return BatchedLoss(self, template)
-
-    @contextlib.contextmanager
-    def evaluation_context(self, model: nn.Module):
-        """Wraps an evaluation pass (tolstoi saves, resets and restores its LSTM state)."""
-        yield
 
     def evaluate(
         self, model: nn.Module, split: str = "test", max_batches: int | None = None
@@ -204,7 +205,7 @@ class Problem(ABC):
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         try:
-            with torch.no_grad(), self.evaluation_context(model):
+            with torch.no_grad():
                 for batch in itertools.islice(self.eval_batches(split), max_batches):
                     logits = model(batch.inputs).flatten(0, -2)
                     targets = batch.targets.flatten()

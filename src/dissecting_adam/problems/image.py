@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from . import augment
 from .base import Problem, ProblemConfig
 from .batching import Batch, ShuffledBatches
+from .datasets import synthetic
 from .datasets.images import (
     CIFAR10,
     CIFAR100,
@@ -80,7 +82,7 @@ class ImageProblem(Problem):
         That of the data this problem loaded, if it did; else the data is prepared and
         verified (not loaded) and the current files' fingerprint returned.
         """
-        if getattr(self, "_data_fingerprint", None) is None:
+        if self._data_fingerprint is None:
             cfg = self.config
             self._data_fingerprint = prepare_images(
                 self.source, cfg.data_root, cfg.mirror
@@ -160,6 +162,11 @@ class FMNIST2c2d(ImageProblem):
     def default_source(self):
         return FASHION_MNIST
 
+    @classmethod
+    def standin(cls, folder: Path):
+        """64 training and 32 test images, generated in the real format."""
+        return synthetic.write_fashion_mnist(folder, n_train=64, n_test=32)
+
     def make_model(self) -> nn.Module:
         return TwoC2D(self.source.num_classes, self.config.pool_size)
 
@@ -201,6 +208,11 @@ class CIFAR10_3c3d(CIFARProblem):
     def default_source(self):
         return CIFAR10
 
+    @classmethod
+    def standin(cls, folder: Path):
+        """64 training and 32 test images, generated in the real format."""
+        return synthetic.write_cifar(folder, "cifar-10", n_train=64, n_test=32)
+
     def make_model(self) -> nn.Module:
         return ThreeC3D(self.source.num_classes)
 
@@ -225,6 +237,11 @@ class CIFAR100WRN404(CIFARProblem):
 
     def default_source(self):
         return CIFAR100
+
+    @classmethod
+    def standin(cls, folder: Path):
+        """16 training and 8 test images (the network is large), generated in the real format."""
+        return synthetic.write_cifar(folder, "cifar-100", n_train=16, n_test=8)
 
     def make_model(self) -> nn.Module:
         return WideResNet(40, 4, self.source.num_classes)

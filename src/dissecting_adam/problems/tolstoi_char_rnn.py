@@ -13,9 +13,9 @@ member's own RNG stream, outside vmap, as the single model's ``nn.Dropout`` call
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import nn
 from .base import Problem, ProblemConfig
 from .batched import BatchedLoss
 from .batching import Batch, StreamBatches, stream_batches, stream_view
+from .datasets import synthetic
 from .datasets.integrity import DataError
 from .datasets.tolstoi import TextData, TextSource, load_tolstoi, tolstoi_manifest
 from .models.char_rnn import CharRNN
@@ -63,6 +64,15 @@ class TolstoiCharRNN(Problem):
     def default_source(self) -> TextSource:
         return TextSource()
 
+    @classmethod
+    def standin(cls, folder: Path) -> TextSource:
+        """80 lines of the novel's first sentence, in the real file's encoding."""
+        text = "".join(
+            f"Line {i}: Well, Prince, so Genoa and Lucca are now family estates.\n"
+            for i in range(80)
+        )
+        return synthetic.write_text(folder, text)
+
     def load_data(self) -> TolstoiData:
         text: TextData = load_tolstoi(self.config.data_root, self.config.mirror, self.source)
         if len(text.vocab) > self.config.vocab_size:
@@ -77,7 +87,7 @@ class TolstoiCharRNN(Problem):
         """16 hex digits identifying the data: a hash of the verified text's manifest (its
         sha256 and the preprocessing settings). That of the data this problem loaded, if it
         did; else the text is prepared and verified (not preprocessed)."""
-        if getattr(self, "_data_fingerprint", None) is None:
+        if self._data_fingerprint is None:
             cfg = self.config
             manifest = tolstoi_manifest(cfg.data_root, cfg.mirror, self.source)
             self._data_fingerprint = manifest.fingerprint
@@ -100,16 +110,19 @@ class TolstoiCharRNN(Problem):
         x, y = stream_view(tokens, self.batch_size, self.config.seq_length, False)
         return stream_batches(x, y, self.config.seq_length)
 
-    def before_batch(self, model: nn.Module, batch: Batch) -> None:
+    def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The LSTM's state carries over from batch to batch; each pass over the text
+        starts from a zero state (DeepOBS)."""
         if batch.epoch_start:
             model.reset_state()
+        return super().training_loss(model, batch)
 
-    @contextlib.contextmanager
-    def evaluation_context(self, model: nn.Module):
+    def evaluate(self, model: nn.Module, split: str = "test", max_batches: int | None = None):
+        """An evaluation pass starts from a zero state and leaves training's state as it was."""
         saved = model.state
         model.reset_state()
         try:
-            yield
+            return super().evaluate(model, split, max_batches)
         finally:
             model.state = saved
 
@@ -169,7 +182,7 @@ class CharRNNBatchedLoss(BatchedLoss):
         starts = [b.epoch_start for b in batches]
         if carried is None or carried[0][0].shape[2] != B:  # as CharRNN: start afresh
             carried = self._zeros(K, B, device, dtype)
-        elif any(starts):  # before_batch's reset, for these members only
+        elif any(starts):  # training_loss's reset, for these members only
             keep = torch.tensor([not s for s in starts], device=device).view(K, 1, 1, 1)
             carried = tuple(tuple(torch.where(keep, t, 0.0) for t in layer) for layer in carried)
         ones = self._ones(B, T, dtype, device)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..problems import Problem, load
-from ..problems.datasets import synthetic
+from ..problems import PROBLEMS, Problem, load
 from .spec import RunSpec
 
 
@@ -27,16 +26,9 @@ def resolve_device(device: str) -> str:
 
 
 def synthetic_sources(folder: Path) -> dict:
-    """Generated stand-ins for the four data sets (tests and smoke checks only)."""
-    text = "".join(
-        f"Line {i}: Well, Prince, so Genoa and Lucca are now family estates.\n" for i in range(80)
-    )
-    return {
-        "fmnist_2c2d": synthetic.write_fashion_mnist(folder, n_train=64, n_test=32),
-        "cifar10_3c3d": synthetic.write_cifar(folder, "cifar-10", n_train=64, n_test=32),
-        "cifar100_wrn404": synthetic.write_cifar(folder, "cifar-100", n_train=16, n_test=8),
-        "tolstoi_char_rnn": synthetic.write_text(folder, text),
-    }
+    """Generated stand-ins for the registered data sets (tests and smoke checks only): each
+    problem writes its own (``Problem.standin``)."""
+    return {name: cls.standin(folder) for name, cls in PROBLEMS.items()}
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import stack_module_state
 
 from .. import per_example
+from ..methods import capabilities
 from ..problems import Problem
 from ..problems.batched import MemberRNG
 from ..problems.batching import Batch
@@ -51,7 +52,7 @@ class Single:
         self.problem, self.model = problem, model
         self.optimizer, self.scheduler = optimizer, scheduler
         self.seed, self.precision = seed, precision
-        self.batch_variance = getattr(optimizer, "needs_batch_variance", False)
+        self.batch_variance = capabilities(optimizer).per_example
         if self.batch_variance:
             per_example.check_supported(model, problem.name)
         self.device = next(model.parameters()).device
