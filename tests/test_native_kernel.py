@@ -130,7 +130,7 @@ def _run(method: str, dtype: torch.dtype, beta: float, steps: int = 4) -> list[t
     gen = torch.Generator().manual_seed(0)
     params = [_data(dtype, n, gen) for n in (20001, 37)]  # two chunks, vector tails
     m = [torch.zeros_like(p) for p in params] if beta > 0 else None
-    v = [torch.zeros_like(p) for p in params] if method in _engine._USES_V else None
+    v = [torch.zeros_like(p) for p in params] if method in _engine.USES_V else None
     for t in range(steps):
         grads = [_data(dtype, p.numel(), gen) for p in params]
         _engine.update(method, params, grads, m, v, [t, t], lr=0.1, beta=beta, fused=True)

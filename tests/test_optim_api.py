@@ -150,7 +150,7 @@ def test_state_holds_step_and_averages(method):
     for _ in range(3):
         p.grad = torch.ones(4)
         opt.step()
-    expected = {"step", "m", "v"} if method in _engine._USES_V else {"step", "m"}
+    expected = {"step", "m", "v"} if method in _engine.USES_V else {"step", "m"}
     assert set(opt.state[p]) == expected
     assert opt.state[p]["step"] == 3
     assert opt.state_dict()["state"][0]["step"] == 3
@@ -236,8 +236,11 @@ def test_dtypes(method, impl, dtype):
         opt.step()
     state = _engine.compute_dtype(dtype)  # 16-bit parameters keep float32 state and maths
     assert p.dtype == dtype and all(
-        t.dtype == state for t in opt.state[p].values() if torch.is_tensor(t)
+        t.dtype == state for k, t in opt.state[p].items() if k != "step" and torch.is_tensor(t)
     )
+    step = opt.state[p]["step"]  # a float32 tensor where capturable (as torch's Adam)
+    capturable = "capturable" in impl
+    assert step == 3 and (step.dtype == torch.float32 if capturable else type(step) is int)
     # 16-bit: only the parameter is rounded, once per step.
     tol = 3e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-6
     torch.testing.assert_close(p.float(), torch.full((10,), -0.3), rtol=tol, atol=0)
@@ -320,7 +323,7 @@ def test_compiled_fused_backend_matches_reference_on_cpu(method):
             x.grad = g.clone()
         ref.step()
         _engine.update(
-            method, p, grads, state["m"], state["v"] if method in _engine._USES_V else None,
+            method, p, grads, state["m"], state["v"] if method in _engine.USES_V else None,
             [t, t], lr=0.1, beta=0.9, fused=True, fused_backend="compile",
         )  # fmt: skip
     for a, b in zip(p, q, strict=True):

@@ -1,10 +1,19 @@
-"""The thin torch.optim.Optimizer shell shared by the methods of ``_engine.METHODS``.
+"""The thin torch.optim.Optimizer shells of the package's methods.
 
-It validates hyperparameters, creates state lazily, gathers flat lists and
-hands them to the functional core in ``_engine.py``. The step counter t and
-the averages live in ``optimizer.state`` (keys ``step``, ``m``, ``v``; float32 for
-float16 and bfloat16 parameters), so ``state_dict()`` / ``load_state_dict()`` resume a
-run bit-identically.
+``OptimizerBase`` validates hyperparameters and owns ``step()``: for each param group it
+takes the parameters that have a gradient, their step counts (created lazily), asks the
+subclass for the per-parameter lists it needs (``_gather``: the averages, or for paper §D
+this step's mini-batch variances), hands everything to the subclass's functional core
+(``_update``) and counts the step. ``MomentOptimizer`` is the shell of the methods of
+``_engine.METHODS``. The step counter t and the averages live in ``optimizer.state`` (keys
+``step``, ``m``, ``v``; float32 for float16 and bfloat16 parameters), so ``state_dict()`` /
+``load_state_dict()`` resume a run bit-identically.
+
+``capturable=True`` keeps each step counter as a float32 0-dim tensor on its parameter's
+device (as torch's Adam): the engine reads it on the device, ``step()`` increments it there
+and never synchronises with the host, so a step can be captured in a CUDA graph. A state
+dict with int steps loads into a capturable optimizer and vice versa (the counts are
+converted on load).
 
 ``state_dict()`` records the method (top-level key ``"method"``), and ``load_state_dict()``
 refuses a state dict of another method, or one whose buffers or ``beta`` this method cannot
@@ -14,16 +23,15 @@ before the key existed are checked by their buffers' names and hyperparameters a
 
 from __future__ import annotations
 
-import math
 from itertools import chain
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _engine
-
-_REAL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from ._internal import REAL_FLOATS, check_beta, check_lr, compute_dtype, zeros_state
 
 #: The top-level key of ``state_dict()`` that names the method that saved it.
 METHOD_KEY = "method"
@@ -41,30 +49,28 @@ _LAYOUTS = {
 }
 
 
-def _check_lr(lr: Any) -> None:
-    if isinstance(lr, torch.Tensor):
-        raise ValueError("lr must be a Python float, not a tensor")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"Invalid learning rate lr={lr!r}: it must be a finite number > 0")
+#: Group keys that say how a step is computed, not what: a loaded state dict keeps the live
+#: optimizer's (and may lack them: saved before they existed).
+_HOW_KEYS = ("capturable", "fused_backend")
 
 
-def _check_beta(beta: Any, needs_positive: bool, name: str) -> None:
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta):
-        raise ValueError(f"Invalid beta={beta!r}: it must be a number in [0, 1)")
-    if needs_positive and not 0.0 < beta < 1.0:
-        raise ValueError(
-            f"Invalid beta={beta!r}: {name} estimates the gradient variance from moving "
-            "averages and needs 0 < beta < 1 (the paper uses 0.9)"
-        )
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"Invalid beta={beta!r}: it must lie in [0, 1) (the paper uses 0.9)")
+def _valid_step(step: Any) -> bool:
+    """An int >= 0, or a 0-dim real tensor holding one (capturable, or torch's own layout)."""
+    if isinstance(step, Tensor):
+        if step.dim() != 0 or step.is_complex() or step.dtype == torch.bool:
+            return False
+        value = float(step)  # a state dict being loaded: reading it back is fine
+        return value >= 0 and value == int(value)
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
-def _zeros_state(p: torch.Tensor) -> torch.Tensor:
-    """A zero buffer like ``p`` in the state dtype (float32 for 16-bit parameters)."""
-    return torch.zeros_like(
-        p, dtype=_engine.compute_dtype(p.dtype), memory_format=torch.preserve_format
-    )
+def _step_as(step: int | Tensor, capturable: bool, device: torch.device) -> int | Tensor:
+    """``step`` as a float32 tensor on ``device`` (capturable) or as an int."""
+    if capturable:
+        if isinstance(step, Tensor) and step.dtype == torch.float32 and step.device == device:
+            return step
+        return torch.full((), float(step), dtype=torch.float32, device=device)  # no copy
+    return int(step) if isinstance(step, Tensor) else step
 
 
 class StateDictChecks(Optimizer):
@@ -98,13 +104,21 @@ class StateDictChecks(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_loadable(state_dict)
+        how = [{k: g[k] for k in _HOW_KEYS if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, keep in zip(self.param_groups, how, strict=True):
+            group.update(keep)
+            capturable = group.get("capturable", False)
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    state["step"] = _step_as(state["step"], capturable, p.device)
         # torch casts floating-point state to the parameter's dtype; 16-bit parameters keep
         # theirs in float32, taken again from the saved tensors so that nothing is rounded.
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for pid, p in zip(saved_ids, params, strict=True):
-            want = _engine.compute_dtype(p.dtype)
+            want = compute_dtype(p.dtype)
             if want == p.dtype or pid not in state_dict["state"]:
                 continue
             state = self.state[p]
@@ -151,11 +165,11 @@ class StateDictChecks(Optimizer):
             )
         beta_of: dict[Any, float] = {}
         for i, group in enumerate(state_dict["param_groups"]):
-            missing = sorted(set(self.defaults) - set(group))
+            missing = sorted(set(self.defaults) - set(group) - set(_HOW_KEYS))
             if missing:
                 raise refuse(saved, f"its param group {i} lacks the hyperparameters {missing}")
             try:
-                _check_beta(group["beta"], self._needs_positive_beta(), self.name)
+                check_beta(group["beta"], self._needs_positive_beta(), self.name)
             except ValueError as err:
                 raise refuse(saved, f"its param group {i}: {err}") from None
             beta_of.update(dict.fromkeys(group["params"], group["beta"]))
@@ -168,79 +182,61 @@ class StateDictChecks(Optimizer):
                     f"the state of parameter {pid} holds {sorted(keys)}, but {self.name} "
                     f"keeps {sorted(required)}",
                 )
-            if isinstance(pstate["step"], bool) or not isinstance(pstate["step"], int):
+            if not _valid_step(pstate["step"]):
                 raise refuse(
-                    saved, f"the step count of parameter {pid} is not an int ({pstate['step']!r})"
+                    saved,
+                    f"the step count of parameter {pid} is not an int >= 0 (nor a 0-dim tensor "
+                    f"holding one): {pstate['step']!r}",
                 )
 
 
-class MomentOptimizer(StateDictChecks):
-    """Base class: subclasses set ``method`` (a key of ``_engine.METHODS``) and ``name``."""
+class OptimizerBase(StateDictChecks):
+    """``step()`` as a template: subclasses say what they gather and which core they call.
 
-    def _buffers(self, beta: float) -> tuple[frozenset[str], frozenset[str]]:
-        if self.method in _engine._USES_V:
-            keys = frozenset({"step", "m", "v"})
-            return keys, keys
-        # M-SGD and M-SSD keep m only for beta > 0 (an m saved with beta = 0 is unused).
-        return frozenset({"step", "m"} if beta > 0 else {"step"}), frozenset({"step", "m"})
-
-    def _needs_positive_beta(self) -> bool:
-        return self.method in _engine._USES_V
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        beta: float = 0.9,
-        *,
-        foreach: bool | None = None,
-        fused: bool | None = None,
-    ) -> None:
-        if foreach and fused:
-            raise ValueError("foreach=True and fused=True cannot be combined; choose one")
-        defaults = dict(lr=lr, beta=beta, foreach=foreach, fused=fused)
-        super().__init__(params, defaults)
+    Subclasses implement ``_gather(group, params)`` (the per-parameter lists besides the
+    parameters, gradients and step counts: buffers created lazily, this step's mini-batch
+    variances, ...) and ``_update(group, params, grads, steps, gathered)`` (one call of
+    their functional core). The base class checks gradients and dtypes, keeps the step
+    counts (ints, or device tensors where the group is ``capturable``) and counts the step.
+    """
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Validate every group, so that per-group lr and beta are checked too.
-        lr = param_group.get("lr", self.defaults["lr"])
+        check_lr(param_group.get("lr", self.defaults["lr"]))
         beta = param_group.get("beta", self.defaults["beta"])
-        _check_lr(lr)
-        _check_beta(beta, self.method in _engine._USES_V, self.name)
+        check_beta(beta, self._needs_positive_beta(), self.name)
         super().add_param_group(param_group)
 
-    def _init_group(self, group, params, grads, m, v, steps) -> None:
-        needs_v = self.method in _engine._USES_V
-        needs_m = needs_v or group["beta"] > 0.0
-        state_of = self.state
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            if g.layout is not torch.strided:
-                raise RuntimeError(
-                    f"{self.name} does not support sparse gradients ({g.layout}); use a dense "
-                    "layer, e.g. nn.Embedding(..., sparse=False)"
-                )
-            if p.dtype not in _REAL_FLOATS:
-                raise RuntimeError(
-                    f"{self.name} supports real floating-point parameters, not {p.dtype}; for "
-                    "complex parameters optimise torch.view_as_real(p) instead"
-                )
-            state = state_of[p]
-            if not state:
-                state["step"] = 0
-            if needs_m:
-                if "m" not in state:
-                    state["m"] = _zeros_state(p)
-                m.append(state["m"])
-            if needs_v:
-                if "v" not in state:
-                    state["v"] = _zeros_state(p)
-                v.append(state["v"])
-            params.append(p)
-            grads.append(g)
-            steps.append(state["step"])
+    def _gather(self, group: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _update(self, group, params, grads, steps, gathered: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _checked_grad(self, p: Tensor) -> Tensor:
+        g = p.grad
+        if g.layout is not torch.strided:
+            raise RuntimeError(
+                f"{self.name} does not support sparse gradients ({g.layout}); use a dense "
+                "layer, e.g. nn.Embedding(..., sparse=False)"
+            )
+        if p.dtype not in REAL_FLOATS:
+            raise RuntimeError(
+                f"{self.name} supports real floating-point parameters, not {p.dtype}; for "
+                "complex parameters optimise torch.view_as_real(p) instead"
+            )
+        return g
+
+    def _steps(self, group: dict[str, Any], params: list[Tensor]) -> list[int] | list[Tensor]:
+        """Each parameter's step count, created at 0 (a device tensor where capturable)."""
+        capturable = group.get("capturable", False)
+        out = []
+        for p in params:
+            state = self.state[p]
+            step = _step_as(state.get("step", 0), capturable, p.device)
+            state["step"] = step
+            out.append(step)
+        return out
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -250,15 +246,74 @@ class MomentOptimizer(StateDictChecks):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, m, v, steps = [], [], [], [], []
-            self._init_group(group, params, grads, m, v, steps)
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            _engine.update(
-                self.method, params, grads, m or None, v or None, steps,
-                lr=group["lr"], beta=group["beta"],
-                foreach=group["foreach"], fused=group["fused"],
-            )  # fmt: skip
-            for p in params:
-                self.state[p]["step"] += 1
+            grads = [self._checked_grad(p) for p in params]
+            steps = self._steps(group, params)
+            self._update(group, params, grads, steps, self._gather(group, params))
+            if isinstance(steps[0], Tensor):  # on the device: no host sync
+                torch._foreach_add_(steps, 1.0)
+            else:
+                for p in params:
+                    self.state[p]["step"] += 1
         return loss
+
+
+class MomentOptimizer(OptimizerBase):
+    """Base class: subclasses set ``method`` (a key of ``_engine.METHODS``) and ``name``."""
+
+    def _buffers(self, beta: float) -> tuple[frozenset[str], frozenset[str]]:
+        if self.method in _engine.USES_V:
+            keys = frozenset({"step", "m", "v"})
+            return keys, keys
+        # M-SGD and M-SSD keep m only for beta > 0 (an m saved with beta = 0 is unused).
+        return frozenset({"step", "m"} if beta > 0 else {"step"}), frozenset({"step", "m"})
+
+    def _needs_positive_beta(self) -> bool:
+        return self.method in _engine.USES_V
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        beta: float = 0.9,
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        fused_backend: str | None = None,
+        capturable: bool = False,
+    ) -> None:
+        if foreach and fused:
+            raise ValueError("foreach=True and fused=True cannot be combined; choose one")
+        if fused_backend is not None:
+            if fused_backend not in _engine.FUSED_BACKENDS:
+                raise ValueError(
+                    f"Invalid fused_backend={fused_backend!r}: use None (the device's "
+                    f"default) or one of {_engine.FUSED_BACKENDS}"
+                )
+            if not fused:
+                raise ValueError(f"fused_backend={fused_backend!r} needs fused=True")
+        defaults = dict(
+            lr=lr, beta=beta, foreach=foreach, fused=fused, fused_backend=fused_backend,
+            capturable=bool(capturable),
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _gather(self, group: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
+        needs_v = self.method in _engine.USES_V
+        keys = ("m", "v") if needs_v else ("m",) if group["beta"] > 0.0 else ()
+        out: dict[str, Any] = {"m": None, "v": None}
+        for key in keys:
+            out[key] = [self.state[p].get(key) for p in params]
+            for i, p in enumerate(params):
+                if out[key][i] is None:
+                    out[key][i] = self.state[p][key] = zeros_state(p)
+        return out
+
+    def _update(self, group, params, grads, steps, gathered: dict[str, Any]) -> None:
+        _engine.update(
+            self.method, params, grads, gathered["m"], gathered["v"], steps,
+            lr=group["lr"], beta=group["beta"], foreach=group["foreach"],
+            fused=group["fused"], fused_backend=group.get("fused_backend"),
+        )  # fmt: skip

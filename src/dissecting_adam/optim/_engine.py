@@ -1,7 +1,7 @@
 """Shared functional core of M-SGD, M-SSD, M-SVAG, SVAG, M-SSD-VA and M-SSD-erf.
 
-Longer than ~300 lines: the six methods' per-tensor, multi-tensor and fused dispatch share
-one set of helpers, and splitting them would scatter one piece of maths over files.
+Longer than ~300 lines: the six methods' per-tensor and multi-tensor paths, their host and
+device scalars and the dispatch share one piece of maths that splitting would scatter.
 
 All six methods keep the same moving averages (paper Eq. 4-5, one beta):
 
@@ -46,8 +46,16 @@ parameter is rounded to its own dtype once per step (as torch's fused Adam compu
 
 Three implementations of the same maths, all tested against
 ``reference.py``: a per-tensor loop (``foreach=False``), the multi-tensor
-``torch._foreach_*`` path (the default) and a single-pass fused path
-(``fused=True``: a C kernel on the CPU, ``torch.compile`` on other devices).
+``torch._foreach_*`` path (the default) and a single-pass fused path (``fused=True``:
+a C kernel on the CPU, a Triton kernel on CUDA, ``torch.compile`` elsewhere or on request;
+``fused_backend``). The foreach and Triton paths take the per-step scalars as
+(lr_eff, k, shift) with k = sqrt(lam / c) (sqrt(2 lam / c) for M-SSD-erf) and
+shift = 1 - lam (-2 lam), so that the factor's argument is r^2 + shift.
+
+Step counts kept as device tensors (``capturable=True``): the scalars are computed on the
+device from them (``device_coefficients``, in float64 where the device has it, then
+rounded to the state dtype like the host's Python floats), so a step reads nothing back to
+the host and can be captured in a CUDA graph.
 The C kernel evaluates gamma as c m~^2 / (c m~^2 + lam (v~ - c m~^2)); it computes in
 float (float32, bfloat16) or double, and in float32 it agrees with the other paths for
 gradients 1e-30 .. 1e30 where the variance is representable (tests/test_faults_optim.py).
@@ -56,54 +64,69 @@ gradients 1e-30 .. 1e30 where the variance is representable (tests/test_faults_o
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ._fused import FUSED_BACKENDS, fused_step, resolve_backend
+from ._internal import compute_dtype, convert, copy_back, limits, partition, rho, take
+
+__all__ = [
+    "METHODS", "USES_V", "FUSED_BACKENDS", "coefficients", "k_shift", "device_coefficients",
+    "compute_dtype", "rho", "update",
+]  # fmt: skip
+
 METHODS = ("msgd", "mssd", "msvag", "svag", "mssd_va", "mssd_erf")
-_USES_V = ("msvag", "svag", "mssd_va", "mssd_erf")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the optimizer state and of the update's maths for parameters of ``dtype``.
-
-    float32 for float16 and bfloat16 parameters (their 5- and 8-bit exponents cannot hold
-    g^2 for small gradients, nor their 11- and 8-bit mantissas the variance v - m^2),
-    the parameter's own dtype otherwise.
-    """
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
-
-
-def _limits(dtype: torch.dtype) -> tuple[float, float]:
-    """(smallest normal number, square root of the largest finite number) of ``dtype``."""
-    info = torch.finfo(dtype)
-    return info.tiny, math.sqrt(info.max)
-
-
-def rho(beta: float, t: int) -> float:
-    """rho(beta, t) of paper Eq. 21: the variance-reduction factor of the bias-corrected average.
-
-    rho = (1 - beta)(1 + beta^(t+1)) / ((1 + beta)(1 - beta^(t+1))); it is 1 at
-    t = 0 (one sample) and tends to (1 - beta) / (1 + beta).
-    """
-    if beta == 0.0:
-        return 1.0
-    bt = beta ** (t + 1)
-    return (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt))
+#: The methods that keep the second moment v~.
+USES_V = ("msvag", "svag", "mssd_va", "mssd_erf")
 
 
 def coefficients(method: str, lr: float, beta: float, t: int) -> tuple[float, float, float]:
     """Per-step scalars (lr_eff, c, lam) of the update at step t (0-based)."""
     c = 1.0 / (1.0 - beta ** (t + 1)) if beta > 0.0 else 1.0
     lam = 0.0
-    if method in _USES_V and t > 0:
+    if method in USES_V and t > 0:
         r = rho(beta, t)
         lam = (1.0 if method == "svag" else r) / (1.0 - r)
     lr_eff = lr * c if method in ("msgd", "msvag") else lr
     return lr_eff, c, lam
+
+
+def k_shift(method: str, c: float, lam: float) -> tuple[float, float]:
+    """(k, shift): r = sqrt(v~) k / |m~| and the factor's argument r^2 + shift."""
+    if method == "mssd_erf":
+        return math.sqrt(2.0 * lam / c), -2.0 * lam
+    return math.sqrt(lam / c), 1.0 - lam
+
+
+#: Rows of ``device_coefficients``' table.
+ROW_LR, ROW_C, ROW_LAM, ROW_K, ROW_SHIFT, ROW_BETA = range(6)
+
+
+def device_coefficients(
+    method: str, lr: float, beta: float, steps: list[Tensor], dtype: torch.dtype
+) -> Tensor:
+    """The (6, n) table (lr_eff, c, lam, k, shift, beta) of ``steps``, on their device.
+
+    The host's ``coefficients`` and ``k_shift`` written as tensor ops (no host sync), in
+    float64 where the device has it, then rounded to ``dtype`` (the state dtype).
+    """
+    device = steps[0].device
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    t = torch.stack(steps).to(wide)
+    ones = torch.ones_like(t)
+    bt = torch.pow(beta, t + 1.0) if beta > 0.0 else torch.zeros_like(t)
+    c = 1.0 / (1.0 - bt)
+    lam = torch.zeros_like(t)
+    if method in USES_V:
+        r = (1.0 - beta) * (1.0 + bt) / ((1.0 + beta) * (1.0 - bt))
+        kappa = ones if method == "svag" else r
+        lam = torch.where(t > 0, kappa / (1.0 - r), 0.0)  # rho(beta, 0) = 1: lam = 0
+    lr_eff = lr * c if method in ("msgd", "msvag") else lr * ones
+    two = 2.0 if method == "mssd_erf" else 1.0
+    k = torch.sqrt(two * lam / c)
+    shift = -2.0 * lam if method == "mssd_erf" else 1.0 - lam
+    return torch.stack([lr_eff, c, lam, k, shift, beta * ones]).to(dtype)
 
 
 # --------------------------------------------------------------------------- per tensor
@@ -117,6 +140,7 @@ def _single_tensor(
 
     16-bit tensors are computed in float32 (``compute_dtype``) and written back rounded;
     tensors already in that dtype are updated in place (``.to`` returns them unchanged).
+    The scalars may be 0-dim tensors (capturable steps, the compiled path).
     """
     acc = compute_dtype(p.dtype)
     pf, gf = p.to(acc), g.to(acc)
@@ -134,7 +158,7 @@ def _single_tensor(
         assert v is not None
         vf = v.to(acc)
         vf.mul_(beta).addcmul_(gf, gf, value=1.0 - beta)
-        tiny, sqrt_max = _limits(acc)
+        tiny, sqrt_max = limits(acc)
         root_v = torch.sqrt(vf).clamp_max(sqrt_max)  # v~ = inf: the largest finite value
         abs_m = mt.abs().clamp_min(tiny)  # m~ = 0: r = inf (or 0 where v~ = 0 too)
         if method == "mssd_erf":
@@ -158,132 +182,77 @@ def _single_tensor(
 
 # --------------------------------------------------------------------------- multi-tensor
 
+Scalar = float | list[Tensor]  # one Python float, or one 0-dim device tensor per tensor
+
+
+def _axpy_(p: list[Tensor], x: list[Tensor], a: Scalar) -> None:
+    """p += a x for one float ``a`` or one 0-dim tensor per tensor."""
+    if isinstance(a, list):
+        torch._foreach_add_(p, torch._foreach_mul(x, a))
+    else:
+        torch._foreach_add_(p, x, alpha=a)
+
 
 def _foreach(
     method: str, p: list[Tensor], g: list[Tensor], m: list[Tensor] | None,
-    v: list[Tensor] | None, beta: float, lr_eff: float, c: float, lam: float,
+    v: list[Tensor] | None, beta: float, lr_eff: Scalar, k: Scalar, shift: Scalar,
 ) -> None:  # fmt: skip
-    """The multi-tensor path for tensors that share device, dtype and step."""
+    """The multi-tensor path for tensors that share device and dtype (and step, for floats)."""
     acc = compute_dtype(p[0].dtype)
     if p[0].dtype != acc:  # 16-bit parameters: the maths on float32 copies, then round
-        pf, gf, mf, vf = (_to(xs, acc) for xs in (p, g, m, v))
-        _foreach(method, pf, gf, mf, vf, beta, lr_eff, c, lam)
+        pf, gf, mf, vf = (convert(xs, acc) for xs in (p, g, m, v))
+        _foreach(method, pf, gf, mf, vf, beta, lr_eff, k, shift)
         for dst, src in ((p, pf), (m, mf), (v, vf)):
-            _copy_back(dst, src)
+            copy_back(dst, src)
         return
+    neg_lr = list(torch._foreach_neg(lr_eff)) if isinstance(lr_eff, list) else -lr_eff
     if m is None:
         mt = g
     else:
         torch._foreach_lerp_(m, g, 1.0 - beta)  # beta m + (1 - beta) g in one pass
         mt = m
     if method == "msgd":
-        torch._foreach_add_(p, mt, alpha=-lr_eff)
+        _axpy_(p, mt, neg_lr)
         return
     if method == "mssd":
-        torch._foreach_add_(p, torch._foreach_sign(mt), alpha=-lr_eff)
+        _axpy_(p, torch._foreach_sign(mt), neg_lr)
         return
     assert v is not None
     torch._foreach_mul_(v, beta)
     torch._foreach_addcmul_(v, g, g, value=1.0 - beta)
-    tiny, sqrt_max = _limits(acc)
-    erf = method == "mssd_erf"
+    tiny, sqrt_max = limits(acc)
     r = torch._foreach_sqrt(v)
     torch._foreach_clamp_max_(r, sqrt_max)  # v~ = inf: the largest finite value
     abs_m = torch._foreach_abs(mt)
     torch._foreach_clamp_min_(abs_m, tiny)  # m~ = 0: r = inf (or 0 where v~ = 0 too)
-    torch._foreach_mul_(r, math.sqrt((2.0 * lam if erf else lam) / c))
+    torch._foreach_mul_(r, k)
     torch._foreach_div_(r, abs_m)
     torch._foreach_mul_(r, r)  # lam q (2 lam q for M-SSD-erf)
-    if erf:
-        torch._foreach_sub_(r, 2.0 * lam)
+    torch._foreach_add_(r, shift)
+    if method == "mssd_erf":
         torch._foreach_clamp_min_(r, 0.0)  # w = 2 lam (q - 1); s <= 0: w = +0
         torch._foreach_rsqrt_(r)  # |m| / sqrt(2 rho s), inf where w = 0
         torch._foreach_erf_(r)  # erf(inf) = 1
-        torch._foreach_addcmul_(p, torch._foreach_sign(mt), r, value=-lr_eff)
+        if isinstance(neg_lr, list):
+            torch._foreach_mul_(r, torch._foreach_sign(mt))
+            _axpy_(p, r, neg_lr)
+        else:
+            torch._foreach_addcmul_(p, torch._foreach_sign(mt), r, value=neg_lr)
         return
-    torch._foreach_add_(r, 1.0 - lam)
     torch._foreach_clamp_min_(r, 1.0)  # d = 1 / gamma, gamma clipped to [0, 1]
     if method == "mssd_va":
         torch._foreach_sqrt_(r)
-        torch._foreach_addcdiv_(p, torch._foreach_sign(mt), r, value=-lr_eff)
-        return
-    torch._foreach_addcdiv_(p, mt if method == "msvag" else g, r, value=-lr_eff)
-
-
-def _to(xs: list[Tensor] | None, dtype: torch.dtype) -> list[Tensor] | None:
-    """``xs`` in ``dtype``; tensors already in it are the same objects, not copies."""
-    return None if xs is None else [x.to(dtype) for x in xs]
-
-
-def _copy_back(dst: list[Tensor] | None, src: list[Tensor] | None) -> None:
-    """Write the converted copies in ``src`` back into ``dst`` (rounding to dst's dtype)."""
-    if dst is None or src is None:
-        return
-    pairs = [(d, s) for d, s in zip(dst, src, strict=True) if d is not s]
-    if pairs:
-        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
-
-
-# --------------------------------------------------------------------------- fused
-
-_compiled: dict[str, Callable] = {}
-
-
-def _compiled_group(method: str) -> Callable:
-    """A torch.compile'd single-pass update over a list of tensors (non-CPU fused path)."""
-    if method not in _compiled:
-
-        def group_update(p, g, m, v, beta, lr_eff, c, lam):
-            for i in range(len(p)):
-                _single_tensor(
-                    method, p[i], g[i], None if m is None else m[i], None if v is None else v[i],
-                    beta, lr_eff, c, lam,
-                )  # fmt: skip
-
-        _compiled[method] = torch.compile(group_update, fullgraph=True, dynamic=False)
-    return _compiled[method]
-
-
-def _fused(
-    method: str, p: list[Tensor], g: list[Tensor], m: list[Tensor] | None,
-    v: list[Tensor] | None, beta: float, lr_eff: float, c: float, lam: float,
-    backend: str | None,
-) -> None:  # fmt: skip
-    """Single-pass update of contiguous tensors that share device, dtype and step."""
-    device = p[0].device
-    if backend is None:
-        backend = "native" if device.type == "cpu" else "compile"
-    if backend == "native":
-        from . import _native
-
-        if device.type != "cpu":
-            raise ValueError("the native fused kernel runs on the CPU only; use backend='compile'")
-        dtype = p[0].dtype
-        if dtype in _native.DTYPE_CODES and all(
-            xs is None or xs[0].dtype == dtype for xs in (m, v)
-        ):  # one dtype throughout (bfloat16 state only from callers of the functional API)
-            _native.moments_step(method, p, g, m, v, lr_eff, c, lam, beta)
-            return
-        # 16-bit parameters with float32 state (the optimizers' layout), or float16: the
-        # float32 kernel on float32 copies, each parameter rounded back once.
-        acc = compute_dtype(dtype)
-        pf, gf, mf, vf = (_to(xs, acc) for xs in (p, g, m, v))
-        _native.moments_step(method, pf, gf, mf, vf, lr_eff, c, lam, beta)
-        for dst, src in ((p, pf), (m, mf), (v, vf)):
-            _copy_back(dst, src)
-        return
-    if backend != "compile":
-        raise ValueError(f"unknown fused backend {backend!r}; use 'native' or 'compile'")
-    # Step-dependent scalars enter as 0-dim tensors so that the graph is not recompiled
-    # every step.
-    sdtype = torch.float64 if p[0].dtype == torch.float64 else torch.float32
-    scalars = torch.tensor([lr_eff, c, lam], dtype=sdtype, device=device).unbind()
-    _compiled_group(method)(p, g, m, v, beta, *scalars)
+        num = torch._foreach_sign(mt)
+    else:
+        num = mt if method == "msvag" else g
+    if isinstance(neg_lr, list):
+        _axpy_(p, torch._foreach_div(num, r), neg_lr)
+    else:
+        torch._foreach_addcdiv_(p, num, r, value=neg_lr)
 
 
 # --------------------------------------------------------------------------- dispatch
 
-_is_contiguous = Tensor.is_contiguous
 _CPU_BUCKET = 1 << 20  # values per multi-tensor call on the CPU
 
 
@@ -300,36 +269,9 @@ def _buckets(tensors: list[Tensor], limit: int) -> list[list[int] | None]:
     return [None] if len(out) == 1 else out
 
 
-def _take(xs: list[Tensor] | None, idx: list[int] | None) -> list[Tensor] | None:
-    return xs if xs is None or idx is None else [xs[i] for i in idx]
-
-
-def _partition(params, grads, m, v, steps, fused):
-    """Split tensors into multi-tensor groups (device, dtype, step) and loose ones.
-
-    A group's index list is None when it holds every tensor (the common case, which
-    then costs no list copies). The fused kernels also need flat memory: tensors that
-    are not contiguous (channels_last, views) are updated one at a time.
-    """
-    flat = not fused or all(
-        all(map(_is_contiguous, xs)) for xs in (params, grads, m or (), v or ())
-    )  # fmt: skip
-    keys = {(p.device, p.dtype) for p in params}
-    if flat and len(keys) == 1 and len(set(steps)) == 1:
-        return [], {(*keys.pop(), steps[0]): None}
-    loose: list[int] = []
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        if not flat and not (
-            p.is_contiguous()
-            and grads[i].is_contiguous()
-            and (m is None or m[i].is_contiguous())
-            and (v is None or v[i].is_contiguous())
-        ):
-            loose.append(i)
-        else:
-            groups[(p.device, p.dtype, steps[i])].append(i)
-    return loose, groups
+def _rows(table: Tensor, rows: tuple[int, ...]) -> list[list[Tensor]]:
+    """Per-tensor 0-dim scalars of ``device_coefficients``' ``rows`` (views: no copies)."""
+    return [list(table[row].unbind()) for row in rows]
 
 
 def update(
@@ -338,7 +280,7 @@ def update(
     grads: list[Tensor],
     m: list[Tensor] | None,
     v: list[Tensor] | None,
-    steps: list[int],
+    steps: list[int] | list[Tensor],
     *,
     lr: float,
     beta: float,
@@ -355,11 +297,13 @@ def update(
             M-SGD and M-SSD; ``v`` is None for them always and needed by the others).
             For 16-bit ``params`` they should be float32 (``compute_dtype``); 16-bit
             averages are accepted too and computed in float32, then rounded back.
-        steps: for each parameter, the number of steps it has taken so far (t).
+        steps: for each parameter, the number of steps it has taken so far (t): ints, or
+            0-dim float tensors on the parameters' devices (capturable: not read on the
+            host; the caller increments them).
         lr, beta: step size and averaging constant.
         foreach: multi-tensor path (default) or a per-tensor loop (False).
-        fused: single-pass fused path (C kernel on the CPU, torch.compile elsewhere).
-        fused_backend: force ``"native"`` or ``"compile"`` for the fused path.
+        fused: single-pass fused path (C kernel on the CPU, Triton on CUDA).
+        fused_backend: force ``"native"``, ``"triton"`` or ``"compile"`` for the fused path.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -370,31 +314,53 @@ def update(
         raise ValueError("params, grads and steps must have the same length")
     if fused and foreach:
         raise ValueError("foreach and fused cannot both be True")
-    uses_v = method in _USES_V
+    uses_v = method in USES_V
     if m is None and (uses_v or beta > 0.0):
         raise ValueError(f"{method} with beta={beta} needs the first-moment buffers m")
     if uses_v and v is None:
         raise ValueError(f"{method} needs the second-moment buffers v")
-    coef = {t: coefficients(method, lr, beta, t) for t in set(steps)}
+    if fused:
+        fused_backend = resolve_backend(fused_backend, params[0].device)
+        if fused_backend == "native" and not all(isinstance(t, int) for t in steps):
+            steps = [t if isinstance(t, int) else int(t) for t in steps]  # CPU: no device sync
+    coef = {t: coefficients(method, lr, beta, t) for t in set(steps) if isinstance(t, int)}
+
+    def scalars(idx: list[int] | None, dtype: torch.dtype) -> Tensor:
+        return device_coefficients(method, lr, beta, take(steps, idx), compute_dtype(dtype))
 
     if not fused and foreach is False:
         loose, groups = list(range(n)), {}
     else:
-        loose, groups = _partition(params, grads, m, v, steps, fused)
+        loose, groups = partition(params, grads, m, v, steps, fused)
     for i in loose:
+        t = steps[i]
+        c3 = (
+            coef[t]
+            if isinstance(t, int)
+            else [x[0] for x in _rows(scalars([i], params[i].dtype), (ROW_LR, ROW_C, ROW_LAM))]
+        )
         _single_tensor(
             method, params[i], grads[i], None if m is None else m[i],
-            None if v is None else v[i], beta, *coef[steps[i]],
+            None if v is None else v[i], beta, *c3,
         )  # fmt: skip
-    for (_, _, t), idx in groups.items():
-        gp, gg, gm, gv = (_take(xs, idx) for xs in (params, grads, m, v))
+    for (_, dtype, t), idx in groups.items():
+        gp, gg, gm, gv = (take(xs, idx) for xs in (params, grads, m, v))
+        table = None if t is not None else scalars(idx, dtype)
         if fused:
-            _fused(method, gp, gg, gm, gv, beta, *coef[t], fused_backend)
-        elif gp[0].device.type == "cpu":
+            c3 = coef[t] if table is None else table
+            fused_step(method, gp, gg, gm, gv, beta, c3, fused_backend)
+            continue
+        if table is None:
+            lr_eff, c, lam = coef[t]
+            three: list = [lr_eff, *k_shift(method, c, lam)]
+        else:
+            three = _rows(table, (ROW_LR, ROW_K, ROW_SHIFT))
+        if gp[0].device.type == "cpu":
             # On the CPU the multi-tensor ops are loops over tensors; running them on
             # buckets of ~1M values keeps the temporaries small and in cache (about 2x
             # faster for M-SVAG on WRN-40-4's shapes than one bucket).
             for b in _buckets(gp, _CPU_BUCKET):
-                _foreach(method, *(_take(xs, b) for xs in (gp, gg, gm, gv)), beta, *coef[t])
+                sc = [take(x, b) if isinstance(x, list) else x for x in three]
+                _foreach(method, *(take(xs, b) for xs in (gp, gg, gm, gv)), beta, *sc)
         else:
-            _foreach(method, gp, gg, gm, gv, beta, *coef[t])
+            _foreach(method, gp, gg, gm, gv, beta, *three)

@@ -23,8 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import _REAL_FLOATS, StateDictChecks, _check_beta, _check_lr, _zeros_state
-from ._engine import _copy_back, _limits, _partition, _take, _to, compute_dtype, rho
+from ._base import OptimizerBase
+from ._internal import (
+    REAL_FLOATS,
+    compute_dtype,
+    convert,
+    copy_back,
+    limits,
+    partition,
+    rho,
+    take,
+    zeros_state,
+)
 
 METHODS = ("msvag_mb", "svag_mb")
 
@@ -50,7 +60,7 @@ def _single_tensor(method, p, g, sb, m, s, beta, lr_eff, c, kappa) -> None:
     pf, gf, mf, sf = p.to(acc), g.to(acc), m.to(acc), s.to(acc)
     mf.lerp_(gf, 1.0 - beta)
     sf.mul_(beta).add_(sb.to(acc), alpha=1.0 - beta)  # not lerp: inf - inf would be NaN
-    tiny, sqrt_max = _limits(acc)
+    tiny, sqrt_max = limits(acc)
     abs_m = mf.abs()
     r = torch.sqrt(sf).clamp_max(sqrt_max) * math.sqrt(kappa / c) / abs_m.clamp_min(tiny)
     d = r * r + 1.0
@@ -66,15 +76,15 @@ def _single_tensor(method, p, g, sb, m, s, beta, lr_eff, c, kappa) -> None:
 def _foreach(method, p, g, sb, m, s, beta, lr_eff, c, kappa) -> None:
     acc = compute_dtype(p[0].dtype)
     if p[0].dtype != acc:  # 16-bit parameters: the maths on float32 copies, then round
-        pf, gf, sbf, mf, sf = (_to(xs, acc) for xs in (p, g, sb, m, s))
+        pf, gf, sbf, mf, sf = (convert(xs, acc) for xs in (p, g, sb, m, s))
         _foreach(method, pf, gf, sbf, mf, sf, beta, lr_eff, c, kappa)
         for dst, src in ((p, pf), (m, mf), (s, sf)):
-            _copy_back(dst, src)
+            copy_back(dst, src)
         return
     torch._foreach_lerp_(m, g, 1.0 - beta)
     torch._foreach_mul_(s, beta)  # not lerp: an s_t of inf (overflow) would give NaN
     torch._foreach_add_(s, sb, alpha=1.0 - beta)
-    tiny, sqrt_max = _limits(acc)
+    tiny, sqrt_max = limits(acc)
     r = torch._foreach_sqrt(s)
     torch._foreach_clamp_max_(r, sqrt_max)
     torch._foreach_mul_(r, math.sqrt(kappa / c))
@@ -102,10 +112,10 @@ def update(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    _, groups = _partition(params, grads, m, s, steps, fused=False)  # by device, dtype, t
+    _, groups = partition(params, grads, m, s, steps, fused=False)  # by device, dtype, t
     for (_, _, t), idx in groups.items():
         coef = _coefficients(method, lr, beta, t)
-        lists = [_take(xs, idx) for xs in (params, grads, batch_variances, m, s)]
+        lists = [take(xs, idx) for xs in (params, grads, batch_variances, m, s)]
         if foreach is False:
             for tensors in zip(*lists, strict=True):
                 _single_tensor(method, *tensors, beta, *coef)
@@ -125,7 +135,9 @@ def svag_mb(params, grads, batch_variances, m, s, steps, *, lr, beta, foreach=No
            foreach=foreach)  # fmt: skip
 
 
-class _MiniBatchVariance(StateDictChecks):
+class MiniBatchVariance(OptimizerBase):
+    """The shell of the §D methods: gathers this step's ``p.batch_variance`` and m~, s~."""
+
     #: The training loop must call ``per_example.backward_with_variance`` before ``step``.
     needs_batch_variance = True
 
@@ -139,43 +151,21 @@ class _MiniBatchVariance(StateDictChecks):
     def __init__(self, params, lr: float, beta: float = 0.9, *, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, beta=beta, foreach=foreach))
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        lr = param_group.get("lr", self.defaults["lr"])
-        beta = param_group.get("beta", self.defaults["beta"])
-        _check_lr(lr)
-        _check_beta(beta, False, self.name)
-        super().add_param_group(param_group)
+    def _gather(self, group: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
+        """This step's variance estimates (every parameter needs a fresh one) and m~, s~."""
+        out: dict[str, Any] = {"batch_variances": [self._take_variance(p) for p in params]}
+        for key in ("m", "s"):
+            out[key] = [self.state[p].get(key) for p in params]
+            for i, p in enumerate(params):
+                if out[key][i] is None:
+                    out[key][i] = self.state[p][key] = zeros_state(p)  # float32 for 16-bit p
+        return out
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; every parameter with a gradient needs a fresh ``batch_variance``."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, sb, m, s, steps = [], [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                params.append(p)
-                grads.append(p.grad)
-                sb.append(self._take_variance(p))
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["m"] = _zeros_state(p)  # float32 for 16-bit parameters
-                    state["s"] = _zeros_state(p)
-                m.append(state["m"])
-                s.append(state["s"])
-                steps.append(state["step"])
-            if not params:
-                continue
-            update(self.method, params, grads, sb, m, s, steps, lr=group["lr"],
-                   beta=group["beta"], foreach=group["foreach"])  # fmt: skip
-            for p in params:
-                self.state[p]["step"] += 1
-        return loss
+    def _update(self, group, params, grads, steps, gathered: dict[str, Any]) -> None:
+        update(
+            self.method, params, grads, gathered["batch_variances"], gathered["m"],
+            gathered["s"], steps, lr=group["lr"], beta=group["beta"], foreach=group["foreach"],
+        )  # fmt: skip
 
     def _take_variance(self, p: Tensor) -> Tensor:
         sb = getattr(p, "batch_variance", None)
@@ -186,7 +176,7 @@ class _MiniBatchVariance(StateDictChecks):
                 "dissecting_adam.per_example.backward_with_variance(problem, model, batch) "
                 "instead of loss.backward(), or use MSVAG/SVAG (moving-average variance)."
             )
-        if sb.shape != p.shape or p.dtype not in _REAL_FLOATS:
+        if sb.shape != p.shape or p.dtype not in REAL_FLOATS:
             raise RuntimeError(
                 f"{self.name}: batch_variance of shape {tuple(sb.shape)} does not match the "
                 f"parameter's {tuple(p.shape)} (or the parameter is not a real float)"
@@ -195,7 +185,7 @@ class _MiniBatchVariance(StateDictChecks):
         return sb.to(compute_dtype(p.dtype))
 
 
-class MSVAGMB(_MiniBatchVariance):
+class MSVAGMB(MiniBatchVariance):
     r"""M-SVAG whose gradient variance is estimated inside each mini-batch (paper §D).
 
     .. math::
@@ -226,7 +216,7 @@ class MSVAGMB(_MiniBatchVariance):
     name = "MSVAGMB"
 
 
-class SVAGMB(_MiniBatchVariance):
+class SVAGMB(MiniBatchVariance):
     r"""SVAG whose gradient variance is estimated inside each mini-batch (paper §D).
 
     Same averages as ``MSVAGMB``; :math:`\gamma_t = m_t^2 / (m_t^2 + s_t)` and

@@ -35,7 +35,10 @@ class SVAG(MomentOptimizer):
         lr: step size alpha (finite, > 0).
         beta: averaging constant in (0, 1) (paper: 0.9).
         foreach: use the multi-tensor path (default) or, if False, a per-tensor loop.
-        fused: single-pass kernel (a C kernel on the CPU, torch.compile elsewhere).
+        fused: single-pass kernel (a C kernel on the CPU, Triton on CUDA; docs/optimizers.md).
+        fused_backend: with fused=True, force 'native' (C, CPU), 'triton' or 'compile'.
+        capturable: keep step counts on the device and compute the step's scalars there
+            (no host sync: the step can be captured in a CUDA graph).
 
     Reference: Balles & Hennig, "Dissecting Adam", ICML 2018, §4.2-4.3 (SVAG).
     """
