@@ -140,10 +140,11 @@ class Problem(ABC):
         """The description of the real data set (md5s, URLs, mirror folder)."""
 
     @classmethod
-    def standin(cls, folder: Path):
+    def standin(cls, folder: Path, min_train: int = 1):
         """Write small generated files in the data set's real on-disk format to ``folder``
         and return their source description (``source=`` of the constructor): what tests and
-        smoke checks run on, with no download and no real data."""
+        smoke checks run on, with no download and no real data. At least ``min_train``
+        training examples (a batch of that size fits)."""
         raise NotImplementedError(f"{cls.name} has no generated stand-in data; define "
                                   f"{cls.__name__}.standin(folder)")  # fmt: skip
 

@@ -163,9 +163,9 @@ class FMNIST2c2d(ImageProblem):
         return FASHION_MNIST
 
     @classmethod
-    def standin(cls, folder: Path):
-        """64 training and 32 test images, generated in the real format."""
-        return synthetic.write_fashion_mnist(folder, n_train=64, n_test=32)
+    def standin(cls, folder: Path, min_train: int = 1):
+        """64 training images (or ``min_train``), 32 test images, in the real format."""
+        return synthetic.write_fashion_mnist(folder, n_train=max(64, min_train), n_test=32)
 
     def make_model(self) -> nn.Module:
         return TwoC2D(self.source.num_classes, self.config.pool_size)
@@ -209,9 +209,9 @@ class CIFAR10_3c3d(CIFARProblem):
         return CIFAR10
 
     @classmethod
-    def standin(cls, folder: Path):
-        """64 training and 32 test images, generated in the real format."""
-        return synthetic.write_cifar(folder, "cifar-10", n_train=64, n_test=32)
+    def standin(cls, folder: Path, min_train: int = 1):
+        """64 training images (or ``min_train``), 32 test images, in the real format."""
+        return synthetic.write_cifar(folder, "cifar-10", n_train=max(64, min_train), n_test=32)
 
     def make_model(self) -> nn.Module:
         return ThreeC3D(self.source.num_classes)
@@ -239,9 +239,10 @@ class CIFAR100WRN404(CIFARProblem):
         return CIFAR100
 
     @classmethod
-    def standin(cls, folder: Path):
-        """16 training and 8 test images (the network is large), generated in the real format."""
-        return synthetic.write_cifar(folder, "cifar-100", n_train=16, n_test=8)
+    def standin(cls, folder: Path, min_train: int = 1):
+        """16 training images (the network is large; or ``min_train``) and 8 test images, generated
+        in the real format."""
+        return synthetic.write_cifar(folder, "cifar-100", n_train=max(16, min_train), n_test=8)
 
     def make_model(self) -> nn.Module:
         return WideResNet(40, 4, self.source.num_classes)

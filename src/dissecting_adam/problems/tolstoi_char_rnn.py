@@ -65,8 +65,9 @@ class TolstoiCharRNN(Problem):
         return TextSource()
 
     @classmethod
-    def standin(cls, folder: Path) -> TextSource:
-        """80 lines of the novel's first sentence, in the real file's encoding."""
+    def standin(cls, folder: Path, min_train: int = 1) -> TextSource:
+        """80 lines of the novel's first sentence, in the real file's encoding (a training
+        example is a stream position: every batch size fits)."""
         text = "".join(
             f"Line {i}: Well, Prince, so Genoa and Lucca are now family estates.\n"
             for i in range(80)

@@ -25,10 +25,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def synthetic_sources(folder: Path) -> dict:
+def synthetic_sources(folder: Path, min_train: int = 1) -> dict:
     """Generated stand-ins for the registered data sets (tests and smoke checks only): each
-    problem writes its own (``Problem.standin``)."""
-    return {name: cls.standin(folder) for name, cls in PROBLEMS.items()}
+    problem writes its own (``Problem.standin``), with at least ``min_train`` training
+    examples."""
+    return {name: cls.standin(folder, min_train) for name, cls in PROBLEMS.items()}
 
 
 @contextlib.contextmanager
@@ -43,5 +44,6 @@ def problem_for(spec: RunSpec, device: str | None = None) -> Iterator[Problem]:
         yield load(spec.problem, **fields)
         return
     with tempfile.TemporaryDirectory(prefix="synthetic-") as folder:
-        source = synthetic_sources(Path(folder))[spec.problem]
+        # A batch of the run's size fits (P2's paper batch of 128 in gpu-check's packing).
+        source = PROBLEMS[spec.problem].standin(Path(folder), config.batch_size)
         yield load(spec.problem, source=source, **{**fields, "data_root": folder, "mirror": folder})
