@@ -32,18 +32,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its ``main`` is not run)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def interrupted_at_checkpoint(n: int, error: type[BaseException] = KeyboardInterrupt):
     """Within: the ``n``-th checkpoint a run saves is written, then ``error`` is raised (a
@@ -75,8 +63,9 @@ def tiny_spec(root, *overrides):
     """The RunSpec of a ``TINY_RUN`` into ``root`` with ``overrides``."""
     from hydra import compose, initialize_config_dir
 
-    from dissecting_adam.runner.plan import plan
+    from dissecting_adam.runner.plan import override_value, plan
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
+    root = f"results_root={override_value(str(root))}"
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        return plan(compose("train", overrides=[*TINY_RUN, f"results_root={root}", *overrides]))
+        return plan(compose("train", overrides=[*TINY_RUN, root, *overrides]))

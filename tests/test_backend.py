@@ -126,17 +126,18 @@ def test_numerics_settings_enter_the_identity_only_when_not_default(tmp_path, ov
 
 def test_speed_settings_are_recorded_not_identity(tmp_path):
     default = spec_of(tmp_path)
-    for override in ("cudnn_benchmark=true", "deterministic=true"):
+    for override in ("cudnn_benchmark=false", "deterministic=true"):
         spec = spec_of(tmp_path, override)
         assert spec.identity() == default.identity()
-        assert spec.to_dict()[override.split("=")[0]] is True
+        key, value = override.split("=")
+        assert spec.to_dict()[key] is (value == "true") is not default.to_dict()[key]
 
 
 @pytest.mark.parametrize(
     "overrides, words",
     [
         (["train.compile=fast"], "train.compile='fast' is not a compile setting"),
-        (["deterministic=true", "cudnn_benchmark=true"], "contradict each other"),
+        (["allow_tf32=maybe"], "allow_tf32 must be true or false"),
         (["deterministic=yes"], "deterministic must be true or false"),
     ],
 )
@@ -148,22 +149,23 @@ def test_bad_settings_are_clear_errors(tmp_path, overrides, words):
 def test_configure_sets_every_flag_and_says_what_is_in_effect():
     try:
         got = backend.configure(
-            device="cpu", allow_tf32=True, cudnn_benchmark=False, deterministic=True
+            device="cpu", precision="tf32", cudnn_benchmark=False, deterministic=True
         )
         assert got["deterministic"] and torch.are_deterministic_algorithms_enabled()
         assert got["tf32"] is False  # TF32 exists on CUDA only
         assert torch.backends.cudnn.deterministic
         got = backend.configure(
-            device="cpu", allow_tf32=True, cudnn_benchmark=True, deterministic=False
+            device="cpu", precision="tf32", cudnn_benchmark=True, deterministic=False
         )
-        assert torch.backends.cudnn.benchmark and not got["deterministic"]
-        got = backend.configure(device="cpu", allow_tf32=True, cudnn_benchmark=False,
+        assert not got["deterministic"]
+        assert not torch.backends.cudnn.benchmark and not got["cudnn_benchmark"]  # CUDA only
+        got = backend.configure(device="cpu", precision="tf32", cudnn_benchmark=False,
                                 deterministic=False, flush_denormal=True)  # fmt: skip
         assert got["flush_denormal"] == torch.set_flush_denormal(True)  # where x86 can
         tiny = torch.tensor([1e-39], dtype=torch.float32)
         assert (tiny * 1.0).item() == (0.0 if got["flush_denormal"] else tiny.item())
     finally:
-        backend.configure(device="cpu", allow_tf32=True, cudnn_benchmark=False,
+        backend.configure(device="cpu", precision="tf32", cudnn_benchmark=False,
                           deterministic=False)  # fmt: skip
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.tensor([1e-39]).mul(1.0).item() != 0.0  # subnormals are back
@@ -216,16 +218,15 @@ def test_a_failing_packed_run_is_reported_after_the_others_finish(tmp_path):
 
 
 def test_packed_jobs_per_device_is_checked(tmp_path):
-    from conftest import load_script
+    from dissecting_adam.protocol.build import packed
 
-    reproduce = load_script("reproduce")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("reproduce", overrides=["launcher=packed", "jobs_per_device=0"])
     with pytest.raises(ConfigError, match="jobs_per_device must be an integer >= 1"):
-        reproduce.packed(cfg)
+        packed(cfg)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("reproduce", overrides=["launcher=packed"])
-    launch = reproduce.packed(cfg)
+    launch = packed(cfg)
     assert launch.jobs("cifar100_wrn404") == 1 and launch.jobs("fmnist_2c2d") >= 1
     assert launch.resolved_devices()[0] == ("cuda:0" if torch.cuda.is_available() else "cpu")
 

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import load_script
 from hydra import compose, initialize_config_dir
 
-from dissecting_adam.protocol import batching, driver
+from dissecting_adam.protocol import batching, build, cli, driver
 from dissecting_adam.protocol.launch import HydraMultirun, InProcess, Packed
 from dissecting_adam.protocol.search import Outcome, Probe
 from dissecting_adam.runner.plan import ConfigError, plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-rs = load_script("reproduce")
 SMALL = ("overrides=['data.variant=synthetic','train.checkpoint_every=null',"
          "'train.num_steps=3','problem.batch_size=4','problem.eval_batch_size=16']")  # fmt: skip
 
@@ -78,7 +76,7 @@ def test_the_plan_line_says_which_batching_and_why(tmp_path, monkeypatch, cuda):
         cfg = compose("reproduce", overrides=[
             "profile=paper", "problems=[fmnist_2c2d]", f"results_root={tmp_path}", "device=auto",
         ])  # fmt: skip
-        r = rs.build(cfg)
+        r = build.build(cfg)
     line, plan_text = driver.plan_line(r), driver.dry_run(r)
     if cuda:
         assert r.batching.members == 10 and isinstance(r.launch, Packed)
@@ -136,7 +134,7 @@ def test_only_pairs_that_can_be_grouped_probe_ahead(tmp_path):
     cfg = _cfg(tmp_path, "parallel_seeds=4", "optimizers=[msgd,msvag_mb]",
                problems="[fmnist_2c2d]")  # fmt: skip
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        r = rs.build(cfg)
+        r = build.build(cfg)
     _, batch, *_ = driver.plan(r)
     per_pair = [sum(s.optimizer.name == name for s in batch) for name in ("msgd", "msvag_mb")]
     assert per_pair == [4, 1]
@@ -201,10 +199,11 @@ def test_a_grouped_reproduction_selects_and_reports_what_single_runs_do(tmp_path
     singles = _cfg(tmp_path / "single")
     grouped = _cfg(tmp_path / "group", "parallel_seeds=4")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        assert "single runs (auto: CPU" in driver.plan_line(rs.build(singles))
-        assert "groups of up to 4 members (parallel_seeds=4" in driver.plan_line(rs.build(grouped))
-        rs.run(singles)
-        rs.run(grouped)
+        single_line, group_line = (driver.plan_line(build.build(c)) for c in (singles, grouped))
+        assert "single runs (auto: CPU" in single_line
+        assert "groups of up to 4 members (parallel_seeds=4" in group_line
+        cli.run(singles)
+        cli.run(grouped)
     a, b = _outputs(Path(singles.out_dir)), _outputs(Path(grouped.out_dir))
     assert a["files"] == b["files"] and "fig5.png" in a["files"]
     assert a["selection"] == b["selection"]

@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import matplotlib.figure
 import pandas as pd
 import pytest
-from conftest import load_script
 
-from dissecting_adam.protocol import claims, outputs
+from dissecting_adam.protocol import claims, commands, outputs
 from dissecting_adam.protocol.claims import Claim, ClaimSettings
 from dissecting_adam.protocol.search import Outcome, Selection
 from dissecting_adam.runner import store
@@ -237,8 +236,8 @@ def test_a_good_table_passes_with_integer_seeds():
 @pytest.mark.parametrize("case, damage, message", BAD_TABLES, ids=[c[0] for c in BAD_TABLES])
 def test_the_script_refuses_a_bad_table_in_one_line(tmp_path, capsys, case, damage, message):
     damage(runs()).to_csv(tmp_path / "runs.csv", index=False)
-    script = load_script("claims")
-    code = script.main(["--replicates", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")])
+    paper = Path(__file__).resolve().parents[1] / "conf" / "claims" / "paper.yaml"
+    code = commands.check_claims(tmp_path / "runs.csv", tmp_path / "o", paper)
     captured = capsys.readouterr()
     assert code == 1 and captured.out == "" and not (tmp_path / "o").exists()
     assert len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN, interrupted_at_checkpoint, load_script, tiny_spec
+from conftest import TINY_RUN, interrupted_at_checkpoint, tiny_spec
 from hydra import compose, initialize_config_dir
 
+from dissecting_adam.protocol import commands
 from dissecting_adam.runner import files, session
 from dissecting_adam.runner import table as store_table
 from dissecting_adam.runner.plan import ConfigError, plan_seeds
@@ -58,8 +59,7 @@ def test_a_damaged_line_of_a_finished_run_is_named_and_never_used(tmp_path, caps
     assert path == str(run.metrics_file)
     assert ("does not match summary.json" in reason) == (summary_kind == "digest")
     capsys.readouterr()  # drop the training output
-    collect = load_script("collect")
-    assert collect.main(["--root", str(tmp_path), "--profile", "smoke"]) == 0
+    assert commands.collect_runs(tmp_path, "smoke") == 0
     assert str(run.metrics_file) in capsys.readouterr().err
 
     spec = spec_for(tmp_path)
@@ -229,13 +229,12 @@ def test_records_of_the_wrong_shape_are_named_and_do_not_break_the_store(tmp_pat
 def test_collect_into_a_folder_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
     """Item 11: collect on a read-only results root ended in a traceback."""
     session.execute(spec_for(tmp_path))
-    collect = load_script("collect")
 
     def refuse(table, path):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(collect, "write_table", refuse)
-    assert collect.main(["--root", str(tmp_path), "--profile", "smoke"]) == 1
+    monkeypatch.setattr(commands, "write_table", refuse)
+    assert commands.collect_runs(tmp_path, "smoke") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Permission denied" in err[0] and "--out" in err[0]
 

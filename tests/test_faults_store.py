@@ -93,10 +93,9 @@ def test_one_corrupt_record_is_named_skipped_moved_aside_and_redone(tmp_path, ca
     assert set(table["seed"]) == {1}
     ((path, reason),) = table.attrs["skipped"]
     assert path == str(bad_summary) and "not valid JSON" in reason
-    from conftest import load_script
+    from dissecting_adam.protocol.commands import collect_runs
 
-    collect = load_script("collect")
-    assert collect.main(["--root", str(tmp_path), "--profile", "smoke"]) == 0
+    assert collect_runs(tmp_path, "smoke") == 0
     assert "skipped 1 unreadable record(s)" in capsys.readouterr().err
     assert session.execute(spec_for(tmp_path, "seed=1"))["skipped"]  # others unaffected
     redone = session.execute(spec_for(tmp_path, "seed=2"))  # redone, the bad file kept

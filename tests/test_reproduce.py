@@ -10,16 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script
 from hydra import compose, initialize_config_dir
 
 from dissecting_adam import methods
-from dissecting_adam.protocol import driver
+from dissecting_adam.protocol import build, cli, driver
 from dissecting_adam.protocol.search import SearchSettings
+from dissecting_adam.protocol.settings import search_settings
 from dissecting_adam.runner.plan import ConfigError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-rs = load_script("reproduce")
 
 
 def _cfg(tmp_path, *extra, problems="[tolstoi_char_rnn]", optimizers="[msgd,adam]"):
@@ -42,12 +41,12 @@ def _cfg(tmp_path, *extra, problems="[tolstoi_char_rnn]", optimizers="[msgd,adam
 
 def _run(cfg):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return rs.run(cfg)
+        return cli.run(cfg)
 
 
 def _build(cfg):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return rs.build(cfg)
+        return build.build(cfg)
 
 
 @pytest.mark.parametrize("profile", ["paper", "preview", "smoke"])
@@ -57,7 +56,7 @@ def test_reproduce_configs_compose_with_a_grid_for_every_method(profile, config)
         cfg = compose(config, overrides=[f"profile={profile}"])
     assert cfg.search.name == profile and cfg.claims.name == "paper"
     assert cfg.out_dir == f"results/{profile}/" + ("fig5" if config == "reproduce" else "extended")
-    search = rs.search_settings(cfg.search)
+    search = search_settings(cfg.search)
     for optimizer in cfg.optimizers:
         assert search.grid_top(methods.get(optimizer)) > search.lo
 
@@ -111,7 +110,7 @@ def test_dry_run_of_the_paper_profile_prints_the_plan_fast_and_writes_nothing(tm
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("reproduce", overrides=[f"results_root={tmp_path}", "dry_run=true"])
         start = time.perf_counter()
-        rs.run(cfg)
+        cli.run(cfg)
         took = time.perf_counter() - start
     plan = capsys.readouterr().out
     assert "16 (problem, optimizer) pairs" in plan
@@ -185,7 +184,7 @@ def test_extended_smoke_with_parallel_replicates(tmp_path):
                 "'train.num_steps=2','problem.batch_size=4','problem.eval_batch_size=16']",
             ],
         )  # fmt: skip
-        rs.run(cfg)
+        cli.run(cfg)
     out = Path(cfg.out_dir)
     assert out == tmp_path / "smoke" / "extended"
     summary = (out / "summary.csv").read_text()
@@ -230,7 +229,7 @@ def test_a_toy_optimizer_joins_the_whole_pipeline_through_the_registry(tmp_path)
                 "'train.num_steps=2','problem.batch_size=4','problem.eval_batch_size=16',"
                 f"'hydra.searchpath=[file://{tmp_path / 'extra_conf'}]']",
             ])  # fmt: skip
-            rs.run(cfg)
+            cli.run(cfg)
     finally:
         methods.unregister("toy")
     out = Path(cfg.out_dir)
@@ -253,7 +252,7 @@ def test_probes_are_prefixes_and_their_runs_go_on_from_them(tmp_path):
             "overrides=['data.variant=synthetic','train.checkpoint_every=null',"
             "'train.num_steps=4','problem.batch_size=4','problem.eval_batch_size=16']",
         ])  # fmt: skip
-        rs.run(cfg)
+        cli.run(cfg)
     idents = [json.loads(p.read_text()) for p in tmp_path.rglob("identity.json")]
     probes = [i for i in idents if i["train"].get("stop_at") is not None]
     assert probes and all(i["train"]["stop_at"] == 2 and i["seed"] == 100 for i in probes)

@@ -10,9 +10,9 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 from hydra import compose, initialize_config_dir
 
+from dissecting_adam.protocol import cli
 from dissecting_adam.runner import checkpoint, session
 from dissecting_adam.runner.plan import plan, plan_seeds
 
@@ -107,7 +107,6 @@ def test_each_member_of_a_seed_parallel_group_is_its_own_wandb_run(tmp_path, fak
 
 
 def test_a_reproduction_logs_roles_and_one_fig5_run_with_its_outputs(tmp_path, fake_wandb):
-    rs = load_script("reproduce")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("reproduce", overrides=[
             "profile=smoke", "problems=[fmnist_2c2d]", "optimizers=[msgd,adam]",
@@ -116,7 +115,7 @@ def test_a_reproduction_logs_roles_and_one_fig5_run_with_its_outputs(tmp_path, f
             "overrides=['data.variant=synthetic','train.num_steps=2','problem.batch_size=4',"
             "'problem.eval_batch_size=16']",
         ])  # fmt: skip
-        rs.run(cfg)
+        cli.run(cfg)
     roles = {
         r.kwargs["config"]["role"] for r in fake_wandb.runs if r.kwargs.get("job_type") == "train"
     }

@@ -6,16 +6,21 @@ or runs out of time is recorded as such and the next one runs) and rewrites
 ``report.json`` and ``report.md`` in ``cfg.out`` after every section.
 
 1. environment: machine, versions, and ``pytest -m cuda``;
-2. one optimizer step on WRN-40-4's shapes, every method against Adam (foreach, fused);
-3. one training step per problem, eager and compiled, with compile time and memory;
+2. one optimizer step on WRN-40-4's shapes, every method's eager and fused paths against
+   torch's fused Adam, then torch.compile under a cap (``check_measure``, ``optim_step``);
+3. one training step per problem and setting (eager, cuDNN autotuning, channels_last, bf16
+   autocast, compiled under caps) with TFLOP/s against the matmul peaks measured here, and
+   whole-step CUDA graphs where the runner offers them (``check_steps``);
 4. the runner's overhead over a bare loop, eager and compiled;
 5. runs per hour: N tasks at once (``Packed``), groups of K on every problem against a
    single run, and the driver's own batching (its groups, its tasks per device);
 6. a P1 run at the paper's budget, then the start of the P1 reproduction (SIGTERM);
-7. the whole paper protocol projected with the settings the driver would use: the step
-   times of section 3, the group cost and packing gain of section 5;
+7. the whole paper protocol projected with the settings the driver would use, per precision:
+   the step times of section 3, the group cost and packing gain of section 5;
 8. the whole P1 paper protocol, resumed from section 6 to its end (``check_protocol``):
    Fig. 5's P1 panel, the summary and the claims, copied into the report's folder.
+
+Every section's record starts with the machine it ran on (GPU and CPU model).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+import torch
+
 from ..runner import backend
 from ..runner.environment import cpu_model, environment
 from . import report
-from .check_measure import environment_section, optim_section, problems_section, runner_section
+from .check_measure import environment_section, optim_section, runner_section
 from .check_protocol import protocol_section
 from .check_runs import p1_section, packing_section, projection_section
+from .check_steps import steps_section
 from .config import CheckConfig
 from .recommend import recommendations
 from .sections import Section, run_sections
@@ -40,20 +48,35 @@ from .sections import Section, run_sections
 #: started (a share left unused by earlier sections goes to it).
 PLAN = (
     ("environment", "Environment and CUDA tests", environment_section, 0.05, 10.0),
-    ("optimizer_step", "Optimizer step on WRN-40-4's shapes", optim_section, 0.07, 5.0),
-    ("problem_step", "One training step per problem", problems_section, 0.13, 5.0),
+    ("optimizer_step", "Optimizer step on WRN-40-4's shapes", optim_section, 0.12, 5.0),
+    ("problem_step", "One training step per problem and setting", steps_section, 0.26, 5.0),
     ("runner_overhead", "Runner overhead", runner_section, 0.04, 5.0),
     ("runs_per_hour", "Runs per hour: packing and groups", packing_section, 0.15, 5.0),
-    ("p1_run", "A real P1 run and the start of the P1 reproduction", p1_section, 0.10, 10.0),
+    ("p1_run", "A real P1 run and the start of the P1 reproduction", p1_section, 0.08, 10.0),
     ("projection", "Projection of the paper protocol", projection_section, 0.02, 10.0),
-    ("p1_protocol", "The whole P1 paper protocol", protocol_section, 0.44, 20.0),
+    ("p1_protocol", "The whole P1 paper protocol", protocol_section, 0.28, 20.0),
 )
 
 
+def machine(device: str) -> str:
+    """The GPU (or the CPU, on a CPU device) and the CPU model."""
+    cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(torch.device(device)) if cuda else None
+    return f"{device}: {gpu}, CPU {cpu_model()}" if gpu else f"{device}: CPU {cpu_model()}"
+
+
+def _on(fn: Callable, cfg: CheckConfig, where: str, ctx) -> None:
+    ctx.data["host_model"] = where
+    ctx.note(f"machine: {where}")
+    fn(cfg, ctx)
+
+
 def sections(cfg: CheckConfig) -> list[Section]:
-    weights = cfg.sizes.weights
+    weights, where = cfg.sizes.weights, machine(cfg.device)
     return [
-        Section(name, title, functools.partial(fn, cfg), weights.get(name, weight), floor)
+        Section(
+            name, title, functools.partial(_on, fn, cfg, where), weights.get(name, weight), floor
+        )  # fmt: skip
         for name, title, fn, weight, floor in PLAN
     ]
 
@@ -115,7 +138,7 @@ def run_check(cfg: CheckConfig, echo: Callable[[str], None] = print) -> dict:
             echo(
                 f"{prefix}: {len(done)}/{len(records)} {r['title']}: {r['status']} "
                 f"({r['seconds']:.1f} s of a {r['share_s']:.1f} s share; "
-                f"{time.perf_counter() - t0:.0f} s in all)"
+                f"{time.perf_counter() - t0:.0f} s in all; {r['data'].get('host_model')})"
             )
 
     records = run_sections(sections(cfg), cfg.budget_s, shared, update)

@@ -1,5 +1,6 @@
-"""Sections 1-4 of the GPU check: the machine and the CUDA tests, the optimizer step, one
-training step per problem (eager and compiled), and the runner's overhead.
+"""Sections 1, 2 and 4 of the GPU check: the machine and the CUDA tests, the optimizer step
+(eager and fused paths, then torch.compile under a cap), and the runner's overhead (section
+3, the training step per setting, is ``check_steps``).
 
 Each section is ``section(cfg, ctx)``: it records tables and data in ``ctx`` and leaves in
 ``ctx.shared`` what later sections use (the loaded problems, the step times, the compile
@@ -14,14 +15,11 @@ import subprocess
 
 import torch
 
-from ..problems import PROBLEMS
 from ..runner.environment import cpu_model, environment
 from .config import CheckConfig
-from .data import load_for_timing
-from .optim_step import bench, ratios, wrn_param_shapes
-from .problem_step import step_times
+from .optim_step import bench, compiled_steps, wrn_param_shapes
+from .optim_step import rows as optim_rows
 from .process import run_until
-from .recommend import loss_difference
 from .runner_overhead import evaluation_seconds, overhead
 from .sections import Context
 from .timing import Deadline
@@ -119,94 +117,45 @@ def environment_section(cfg: CheckConfig, ctx: Context) -> None:
 
 # --- 2. optimizer step ----------------------------------------------------------------
 def optim_section(cfg: CheckConfig, ctx: Context) -> None:
+    """The eager and fused paths first (interleaved rounds), torch.compile last under a
+    cap: what is left of the share, less a margin."""
     s = cfg.sizes
     depth, k = s.wrn
     shapes = wrn_param_shapes(depth, k)
-    # Warm-ups (a compile each on a GPU) start only in the first 70% of the share.
-    warm = Deadline(ctx.deadline.at - 0.3 * ctx.share_s)
-    res = bench(cfg.device, s.optim_rounds, s.reference_rounds, [None], shapes, warm)
-    if res["left_out"] or res["rounds"] < s.optim_rounds:
-        ctx.stopped = True
-        ctx.note(
-            f"stopped at budget after {res['rounds']} rounds; not timed: "
-            f"{', '.join(res['left_out']) or 'none'}"
-        )
-    rows = ratios(res)
-    for row in rows:  # the first step's extra time: state allocation, and a compile
-        first = row.pop("first_step_ms")
-        row["first_step_extra_s"] = None if first is None else (first - row["median_ms"]) / 1e3
-    ctx.table(
-        f"One optimizer step on WRN-{depth}-{k}'s {res['tensors']} parameter tensors "
-        f"({res['values']:,} values), median of {res['rounds']} interleaved rounds; "
-        "ratios to Adam from the same run",
-        rows,
-    )
-    one_time = [{"what": what, "seconds": sec} for what, sec in res["one_time_seconds"].items()]
-    ctx.table("One-time cost of the fused path (cold cache)", one_time)
-    keep = ("device_name", "tensors", "values", "rounds", "one_time_seconds", "kernel", "left_out")
+    rows: list[dict] = []
+    title = (f"One optimizer step on WRN-{depth}-{k}'s parameter shapes, median of interleaved "
+             "rounds; ratio to torch's fused Adam from the same run; GB/s: bytes moved per "
+             "step (parameters and state read and written, gradient read) / step time; "
+             "vs_copy: that over the copy bandwidth measured here")  # fmt: skip
+    ctx.table(title, rows)
+    eager_part = Deadline(ctx.deadline.at - s.optim_compile_share * ctx.share_s)
+    res = bench(cfg.device, s.optim_rounds, s.reference_rounds, shapes, eager_part, s.copy_mib)
+    rows += optim_rows(res)
+    ctx.note(f"{res['device_name']}, CPU {res['cpu_model']}: {res['tensors']} tensors, "
+             f"{res['values']:,} values, {res['rounds']} rounds; copy bandwidth "
+             f"{res['copy_bytes_per_s'] / 1e9:.1f} GB/s")  # fmt: skip
+    if res["rounds"] < s.optim_rounds:
+        ctx.note(f"eager part stopped at its share after {res['rounds']} rounds")
+    keep = ("device_name", "cpu_model", "tensors", "values", "rounds", "copy_bytes_per_s",
+            "one_time_seconds", "kernel", "unavailable")  # fmt: skip
     ctx.data.update({key: res[key] for key in keep})
     ctx.data["rows"] = rows
+    cap_s = max(ctx.left() - s.optim_compile_margin_s, 1.0)
+    pending = {"optimizer": "M-SVAG fused [compile]",
+               "status": f"compiling under a {cap_s:.0f} s cap (if this stays, the section "
+                         "was stopped first)"}  # fmt: skip
+    rows.append(pending)
+    compiled = compiled_steps(cfg.device, shapes, cap_s, steps=s.optim_compile_steps)
+    rows.remove(pending)
+    ctx.data["compiled"] = compiled
+    rows += optim_rows({**res, "median_ms": {}, "unavailable": {}}, compiled)
+    one_time = [{"what": what, "seconds": sec} for what, sec in res["one_time_seconds"].items()]
+    one_time += [{"what": f"{name} torch.compile, first step", "seconds": c["first_step_ms"] / 1e3}
+                 for name, c in compiled.items() if c.get("first_step_ms")]  # fmt: skip
+    ctx.table("One-time cost of the fused paths (C kernel build on the CPU; compile)", one_time)
 
 
-# --- 3. one training step per problem -------------------------------------------------
-def problems_section(cfg: CheckConfig, ctx: Context) -> None:
-    s = cfg.sizes
-    problems = ctx.shared.setdefault("problems", {})
-    eager, labels = ctx.shared.setdefault("step", {}), ctx.shared.setdefault("data", {})
-    compiled = ctx.shared.setdefault("compiled", {})
-    rows, crows = [], []
-    ctx.table("Eager: one training step (M-SVAG), medians after warm-up", rows)
-    ctx.table("Compiled (`runner.backend.compile_model`): steady-state step, speed-up over "
-              "eager, compile time = first step minus a normal one", crows)  # fmt: skip
-    ctx.data.update(eager=eager, compiled=compiled, data=labels)
-    for name in PROBLEMS:
-        if ctx.out_of_time():
-            return
-        overrides = {"batch_size": s.batch[name]} if name in s.batch else {}
-        try:
-            problem, data, why = load_for_timing(
-                name, cfg.device, cfg.out / "scratch", data_root=cfg.data_root,
-                mirror=cfg.mirror, kind=s.stand_in, real=not cfg.tiny, overrides=overrides,
-            )  # fmt: skip
-            if why and not cfg.tiny:
-                ctx.note(f"{name}: {why}")
-            t = step_times(problem, cfg.device, s.steps, s.warmup, deadline=ctx.deadline)
-        except Exception as err:  # one problem's failure leaves the others timed
-            rows.append({"problem": name, "error": _error(err)})
-            continue
-        problems[name], eager[name], labels[name] = problem, t, data
-        rows.append(_step_row(name, problem, data, t))
-    for mode in cfg.compile_modes:
-        for name in (n for n in s.compile_problems if n in problems):
-            if ctx.out_of_time():
-                return
-            torch.compiler.reset()  # a cold compile (the disk cache may still be warm)
-            try:
-                t = step_times(problems[name], cfg.device, s.steps, s.warmup,
-                               compile_mode=mode, deadline=ctx.deadline)  # fmt: skip
-            except Exception as err:
-                crows.append({"problem": name, "mode": mode, "error": _error(err)})
-                continue
-            t["loss_rel_diff"] = loss_difference(eager[name], t)
-            compiled.setdefault(name, {})[mode] = t
-            crows.append({"problem": name, "mode": mode,
-                          "speed_up": eager[name]["step"] / t["step"],
-                          "loss_rel_diff": t["loss_rel_diff"],
-                          "compile_s": t["compile_s"], "warmup_s": t["warmup_s"],
-                          **_step_row(name, problems[name], labels[name], t)})  # fmt: skip
-
-
-def _error(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err)[:300]}"
-
-
-def _step_row(name: str, problem, data: str, t: dict) -> dict:
-    ms = lambda v: None if v is None else v * 1e3  # noqa: E731
-    return {"problem": name, "batch": problem.batch_size, "input_ms": ms(t["input"]),
-            "fwd_bwd_ms": ms(t["fwd+bwd"]), "optim_ms": ms(t["optim"]), "step_ms": ms(t["step"]),
-            "input_share": t["input"] / t["step"], "first_step_ms": ms(t["first_step"]),
-            "steps": t["measured"], "peak_memory_mib": t["peak_memory_mib"],
-            "data": data}  # fmt: skip
+# --- 3. one training step per problem and setting: check_steps.steps_section -----------
 
 
 # --- 4. runner overhead ---------------------------------------------------------------

@@ -15,9 +15,8 @@ from ..runner.store import format_lr
 from .check_protocol import finished, label, margin_s, reproduce_cmd, variant_of
 from .config import CheckConfig
 from .data import load_for_timing
-from .packing import packed, seed_groups, warm_workers
+from .packing import fitting_batch, packed, seed_groups, warm_workers
 from .process import check_exit, run_until
-from .recommend import compile_choice
 from .sections import Context
 from .timing import Deadline
 
@@ -49,8 +48,11 @@ def packing_section(cfg: CheckConfig, ctx: Context) -> None:
     steps = ", ".join(f"{n} ({name})" for name, n in s.pack_steps.items())
     ctx.table(f"Packing: N tasks at once on one device (`protocol.launch.Packed`, workers "
               f"started first), short runs of {steps} steps with 1-batch evaluations; "
-              "members > 1: each task a group, as the driver runs it; paper_runs_per_hour = "
-              "training steps/s x 3600 / the paper budget", rows)  # fmt: skip
+              "members > 1: each task a group, as the driver runs it; steps_per_s over the "
+              "wall time (each run's start-up included), steady_steps_per_s from the runs' "
+              "own training time (start-up excluded; startup_share: the rest of the wall "
+              "time); vs_1_job and paper_runs_per_hour (steady steps/s x 3600 / the paper "
+              "budget) at steady state", rows)  # fmt: skip
     ctx.table(
         f"Groups (`runner.engine.Stacked`) against a single run, {s.seed_steps} steps each, "
         "back to back, evaluation off: cost = seconds per member-step of a group of K / "
@@ -62,20 +64,18 @@ def packing_section(cfg: CheckConfig, ctx: Context) -> None:
     ctx.data.update(packing=rows, seed_parallel=groups, driver=ctx.shared["driver"])
     ctx.shared["runs"] = ctx.data  # the projection (section 7) reads them
     packing_part = Deadline(ctx.deadline.at - 0.45 * ctx.share_s)  # the rest: groups
-    bases = {name: _base(cfg, name, _variant(ctx, name)) for name in PACKED}
+    bases = {name: _base(cfg, name, _variant(ctx, name), ctx) for name in PACKED}
     width = max([*s.jobs, *(driver_jobs[name] for name in PACKED)])
     # One pool of started workers for every measurement, as the driver keeps its workers.
     with warm_workers(bases[PACKED[0]], width, cfg.device, folder / "warm") as launcher:
-        for name in PACKED:
-            if packing_part.expired():
-                ctx.stopped = True
-                break
-            _pack(cfg, bases[name], k, driver_jobs[name], rows, folder, packing_part, launcher)
+        _pack(cfg, bases, k, driver_jobs, rows, folder, packing_part, launcher)
+    ctx.stopped = packing_part.expired()
     # The driver's K on every problem first (the projection needs it), then the others.
     firsts = [x for x in s.ks if x == k] or [max(s.ks)]
     for ks in (firsts, [x for x in s.ks if x not in firsts]):
         for name in PROBLEMS:
-            if ctx.out_of_time():
+            # The driver's K on every problem even past the share (the alarm bounds it).
+            if ks is not firsts and ctx.out_of_time():
                 return
             overrides = {"batch_size": s.batch[name]} if name in s.batch else {}
             problem, data, _ = load_for_timing(name, cfg.device, cfg.out / "scratch",
@@ -93,8 +93,9 @@ def packing_section(cfg: CheckConfig, ctx: Context) -> None:
     groups.sort(key=lambda row: (list(PROBLEMS).index(row["problem"]), row["K"]))
 
 
-def _base(cfg: CheckConfig, name: str, variant: str):
-    """M-SVAG on ``name``: a short run with a 1-batch evaluation (``pack_steps``)."""
+def _base(cfg: CheckConfig, name: str, variant: str, ctx: Context):
+    """M-SVAG on ``name``: a short run with a 1-batch evaluation (``pack_steps``), at a batch
+    size its data can give (generated sets may be smaller than the paper's batch)."""
     s = cfg.sizes
     overrides = [
         f"device={cfg.device}",
@@ -108,22 +109,39 @@ def _base(cfg: CheckConfig, name: str, variant: str):
         *cfg.data_overrides(),
         *([f"problem.batch_size={s.batch[name]}"] if name in s.batch else []),
     ]
+    spec = cfg.planner([(name, "msvag")], overrides)[(name, "msvag")]
+    fits = fitting_batch(spec)
+    if fits is None:
+        return spec
+    ctx.note(f"{name}: the generated training set has {fits} examples, fewer than the batch "
+             f"size {spec.problem_config.batch_size}: packed at batch {fits}")  # fmt: skip
+    overrides.append(f"problem.batch_size={fits}")
     return cfg.planner([(name, "msvag")], overrides)[(name, "msvag")]
 
 
-def _pack(cfg: CheckConfig, base, k: int, jobs: int, rows: list, folder: Path,
-          deadline: Deadline, launcher) -> None:  # fmt: skip
-    """The driver's groups of ``k`` one task at a time and ``jobs`` tasks at once (the
-    packing gain the projection uses), then single runs with N = 1, 2, ... at once."""
-    s, name = cfg.sizes, base.problem
-    paper = PROBLEMS[name].Config().num_steps
-    # The driver's groups first: the projection's packing gain rests on them.
+def pack_plan(k: int, jobs: int, sweep) -> list[tuple[int, int]]:
+    """(tasks at once, members per task): the driver's groups of ``k`` one task at a time
+    and ``jobs`` at once first (the packing gain the projection uses), then single runs
+    with N of ``sweep`` at once."""
     plan = list(dict.fromkeys([(1, k), (jobs, k)])) if k > 1 else []
-    plan += [(n, 1) for n in s.jobs]
-    first = {}
-    for n, m in plan:
-        if deadline.expired():
+    return plan + [(n, 1) for n in sweep]
+
+
+def _pack(cfg: CheckConfig, bases: dict, k: int, jobs: dict, rows: list, folder: Path,
+          deadline: Deadline, launcher) -> None:  # fmt: skip
+    """Each problem's ``pack_plan``: the driver's rows of every problem first, then the
+    single-run sweeps taking turns (P2 is measured even when the share ends early); the
+    first measurement always runs, whatever start-up took."""
+    s, firsts = cfg.sizes, {}
+    plans = {name: pack_plan(k, jobs[name], s.jobs) for name in bases}
+    # Each problem's driver rows (the packing gain) first, then the sweeps taking turns.
+    head = {name: plan[: len(plan) - len(s.jobs)] for name, plan in plans.items()}
+    turns = [(name, nm) for name, plan in head.items() for nm in plan]
+    turns += [(name, (n, 1)) for n in s.jobs for name in plans]
+    for i, (name, (n, m)) in enumerate(turns):
+        if i > 0 and deadline.expired():
             return
+        base, paper = bases[name], PROBLEMS[name].Config().num_steps
         try:
             res = packed(base, n, n * m * s.runs_per_job, cfg.device, folder / f"{name}-{n}x{m}",
                          members=m, launcher=launcher)  # fmt: skip
@@ -131,11 +149,12 @@ def _pack(cfg: CheckConfig, base, k: int, jobs: int, rows: list, folder: Path,
             rows.append({"problem": name, "jobs_per_device": n, "members": m,
                          "error": repr(err)[:300]})  # fmt: skip
             continue
-        one = first.setdefault(m, res)
-        ratio = res["steps_per_s"] / one["steps_per_s"] if one["finished"] else None
-        rows.append({"problem": name, **res, "vs_1_job": ratio,
-                     "paper_runs_per_hour": res["steps_per_s"] * 3600 / paper,
-                     "driver": k > 1 and (n, m) == (jobs, k),
+        one = firsts.setdefault((name, m), res)
+        rate, base_rate = res["steady_steps_per_s"], one["steady_steps_per_s"]
+        rows.append({"problem": name, "batch": base.problem_config.batch_size, **res,
+                     "vs_1_job": rate / base_rate if rate and base_rate else None,
+                     "paper_runs_per_hour": rate and rate * 3600 / paper,
+                     "driver": k > 1 and (n, m) == (jobs[name], k),
                      "data": label(base.data_variant)})  # fmt: skip
 
 
@@ -224,6 +243,18 @@ def measured_batching(ctx: Context, k: int) -> tuple[dict, dict]:
     return {p: c for p, (_, c) in cost.items()}, gain
 
 
+def fastest(settings: dict[str, dict[str, float]], precision: str) -> dict[str, tuple]:
+    """Per problem, its fastest measured setting of ``precision`` ("bf16" or "fp32/tf32"):
+    (seconds per step, setting)."""
+    out = {}
+    for name, times in settings.items():
+        mine = {k: t for k, t in times.items() if t and ("bf16" in k) == (precision == "bf16")}
+        if mine:
+            best = min(mine, key=mine.get)
+            out[name] = (mine[best], best)
+    return out
+
+
 def projection_section(cfg: CheckConfig, ctx: Context) -> None:
     eager = {n: t["step"] for n, t in ctx.shared.get("step", {}).items() if t["step"]}
     if not eager:
@@ -233,29 +264,30 @@ def projection_section(cfg: CheckConfig, ctx: Context) -> None:
     cost, gain = measured_batching(ctx, k)
     if r.batching.launcher != "packed":  # the driver trains one task at a time here
         gain = {}
-    best = dict(eager)
-    compiled = ctx.shared.get("compiled", {})
-    for name, mode in compile_choice(ctx.shared["step"], compiled).items():
-        if mode is not None:
-            best[name] = compiled[name][mode]["step"]
-    for title, seconds in (("eager", eager), ("compiled where recommended", best)):
+    settings = ctx.shared.get("settings", {})
+    cases = {"eager (the runner's default)": {n: (t, "eager") for n, t in eager.items()},
+             "fp32/tf32, the fastest setting measured": fastest(settings, "fp32/tf32"),
+             "bf16 autocast, the fastest setting measured": fastest(settings, "bf16")}  # fmt: skip
+    for title, chosen in cases.items():
+        if not chosen:
+            continue
+        seconds = {p: t for p, (t, _) in chosen.items()}
         member = {p: seconds[p] * c for p, c in cost.items() if p in seconds}
-        rows = [{**row, "hours": row.pop("seconds") / 3600}
+        rows = [{**row, "setting": chosen[row["problem"]][1], "hours": row.pop("seconds") / 3600}
                 for row in projection(r, seconds, None, member, gain)]  # fmt: skip
         ctx.table(
             f"The paper protocol ({len(r.pairs)} (problem, method) pairs) on this device, "
             f"{title}: member-steps x step time (section 3) x the group's cost per member "
-            "(section 5, groups of the driver's size) / the packing gain (section 5)",
+            f"(section 5, groups of {k}, `parallel_seeds`) / the packing gain (section 5)",
             rows,
         )
         ctx.data[title] = {"rows": rows, "text": project(r, seconds, None, member, gain)}
-        if best == eager:
-            break
     ctx.note(f"the settings the driver would use here: {r.batching.line()}")
-    ctx.note(
-        "as `scripts/reproduce.py` prints it (`protocol.estimate.project`):\n"
-        + ctx.data["eager"]["text"]
-    )
-    ctx.note("every method is costed at M-SVAG's step time; evaluation passes are extra; a "
-             "problem without a measured group cost or packing gain is costed as single runs "
-             "one at a time")  # fmt: skip
+    for title in cases:
+        if title in ctx.data:
+            ctx.note(f"{title}, as `scripts/reproduce.py` prints it "
+                     f"(`protocol.estimate.project`):\n" + ctx.data[title]["text"])  # fmt: skip
+    ctx.note("every method is costed at M-SVAG's step time; evaluation passes are extra; the "
+             "group cost measured in float32 is applied to every precision; a problem "
+             "without a measured group cost or packing gain is costed as single runs one "
+             "at a time")  # fmt: skip

@@ -17,6 +17,11 @@ class Sizes:
     reference_rounds: int
     steps: int  # timed training steps per problem and mode
     warmup: int
+    copy_mib: int = 1024  # the buffer whose copy sets the bandwidth the optimizer rows face
+    optim_compile_share: float = 0.5  # of the optimizer section, kept for torch.compile
+    optim_compile_margin_s: float = 3.0
+    optim_compile_steps: int = 20  # timed after the compiling first step
+    gemm_n: int = 8192  # the matmul whose TFLOP/s is the peak the step table faces
     batch: dict = field(default_factory=dict)  # problem -> batch size (tiny); else the paper's
     stand_in: str = "shapes"  # generated data: "shapes" (the real ones) or "small"
     # The quick compiles first: WRN-40-4 is the slowest to compile.
@@ -51,6 +56,9 @@ TINY = Sizes(
     wrn=(16, 1),
     optim_rounds=3,
     reference_rounds=1,
+    copy_mib=16,
+    optim_compile_steps=2,
+    gemm_n=256,
     steps=2,
     warmup=1,
     batch={"fmnist_2c2d": 8, "cifar10_3c3d": 8, "cifar100_wrn404": 2, "tolstoi_char_rnn": 4},
@@ -70,7 +78,14 @@ TINY = Sizes(
     reproduce_s=10.0,
     # Tiny runs leave the last section most of its share: section 6 gets enough to start
     # the reproduction that the last section resumes.
-    weights={"runs_per_hour": 0.2, "p1_run": 0.25, "p1_protocol": 0.25},
+    # The optimizer's compile never fits a tiny share on a CPU: little time for its cap.
+    weights={
+        "optimizer_step": 0.08,
+        "problem_step": 0.22,
+        "runs_per_hour": 0.3,
+        "p1_run": 0.15,
+        "p1_protocol": 0.3,
+    },
     reproduce_overrides=("problem.batch_size=8", "problem.eval_batch_size=16", "train.num_steps=4"),
 )
 

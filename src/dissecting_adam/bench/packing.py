@@ -2,9 +2,13 @@
 
 ``packed`` trains a batch of short runs with the driver's packing launcher
 (``protocol.launch.Packed``: ``jobs_per_device`` worker processes on the device, each task
-a group of ``members`` runs or a single run) and counts the runs that finished per hour of
-wall time. Inside ``warm_workers`` the launcher's workers are started (and import torch,
-initialise CUDA) before the timing, as the driver keeps them for a whole reproduction.
+a group of ``members`` runs or a single run) and gives two throughputs: over the wall time
+(start-up included: a worker builds each run's problem and data before its first step),
+and at steady state, from the runs' own training time (first to last step, as the runs
+record it): with N tasks side by side, N x member-steps / the tasks' training seconds.
+Short runs are start-up bound, long paper runs are not, so the projection uses the second.
+Inside ``warm_workers`` the launcher's workers are started (and import torch, initialise
+CUDA) before the timing, as the driver keeps them for a whole reproduction.
 ``seed_groups`` times one group of K (``seed_parallel.member_cost``: a single run and a group
 back to back) and turns it into runs per hour. Both extrapolate to the problem's paper
 budget from the training time per step (evaluation excluded).
@@ -42,13 +46,27 @@ def warm_workers(base: RunSpec, width: int, device: str, folder: Path) -> Iterat
         yield launcher
 
 
+def fitting_batch(spec: RunSpec) -> int | None:
+    """The training examples of the run's generated data set when there are fewer than its
+    batch size (the runner's stand-ins are small), else None (real data: None)."""
+    from ..runner.data import problem_for
+
+    if spec.data_variant != "synthetic":
+        return None
+    with problem_for(spec, "cpu") as problem:
+        images = getattr(problem.data, "train_images", None)
+        n = None if images is None else int(images.shape[0])
+    return n if n is not None and n < spec.problem_config.batch_size else None
+
+
 def packed(base: RunSpec, jobs_per_device: int, runs: int, device: str, folder: Path,
            members: int = 1, launcher=None) -> dict:  # fmt: skip
     """``runs`` runs of ``base`` (seeds 0..runs-1, results under ``folder``) through
     ``Packed(jobs_per_device, (device,))``, in groups of ``members`` (``launcher``: one from
     ``warm_workers``, else a new one whose start-up is timed too): wall seconds, runs
-    finished, runs per hour, the median training seconds of a run, and the training
-    (member-)steps per second of the device."""
+    finished, runs per hour, the median training seconds of a run, the device's
+    (member-)steps per second over the wall time and at steady state (``steady``), and the
+    share of the wall time spent outside training (``startup_share``)."""
     from ..protocol.launch import Packed
 
     specs = [base.derive(seed=s, results_root=str(folder), force=True) for s in range(runs)]
@@ -65,6 +83,7 @@ def packed(base: RunSpec, jobs_per_device: int, runs: int, device: str, folder: 
     done = [s for s in summaries if s.get("status") in FINISHED]
     train_s = sorted(s["train_time_s"] for s in done if s.get("train_time_s"))
     steps = sum(s.get("steps_done", 0) for s in done)
+    side_by_side = min(jobs_per_device, -(-runs // members))
     return {
         "jobs_per_device": jobs_per_device,
         "members": members,
@@ -74,6 +93,23 @@ def packed(base: RunSpec, jobs_per_device: int, runs: int, device: str, folder: 
         "runs_per_hour": per_hour(len(done), wall),
         "run_train_s": train_s[len(train_s) // 2] if train_s else None,
         "steps_per_s": steps / wall,
+        **steady(steps, train_s, members, side_by_side, wall),
+    }
+
+
+def steady(steps: int, train_s: list[float], members: int, side_by_side: int,
+           wall: float) -> dict:  # fmt: skip
+    """Member-steps per second at steady state: ``side_by_side`` tasks each training for
+    its runs' ``train_s`` (a group's members all record the group's time), and the share of
+    the wall time a task spent outside training."""
+    task_s = sum(train_s) / members  # the tasks' training seconds
+    if not steps or task_s <= 0:
+        return {"steady_steps_per_s": None, "steady_step_ms": None, "startup_share": None}
+    rate = side_by_side * steps / task_s
+    return {
+        "steady_steps_per_s": rate,
+        "steady_step_ms": 1e3 / rate,
+        "startup_share": max(1.0 - task_s / side_by_side / wall, 0.0),
     }
 
 

@@ -32,6 +32,10 @@ class BudgetSpent(BaseException):
     the measuring code does not swallow it)."""
 
 
+class CapReached(BaseException):
+    """One measurement inside a section ran past its own cap (``cap``)."""
+
+
 @dataclass
 class Context:
     """What a section sees: its deadline, what earlier sections left in ``shared``, and
@@ -163,3 +167,28 @@ def alarm(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def cap(seconds: float) -> Iterator[None]:
+    """Raise CapReached in this (main) thread after ``seconds``, inside a section's
+    ``alarm``: when the section's alarm is due first it is left alone, and after the block
+    it is re-armed with the time it had left (elsewhere, do nothing)."""
+    outer, _ = signal.getitimer(signal.ITIMER_REAL)
+    if threading.current_thread() is not threading.main_thread() or 0 < outer <= seconds:
+        yield
+        return
+
+    def ring(signum, frame):
+        raise CapReached(f"capped after {seconds:.0f} s")
+
+    start = time.perf_counter()
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.perf_counter() - start), 0.01))

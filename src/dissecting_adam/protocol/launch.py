@@ -1,4 +1,5 @@
-"""Where a batch of runs is executed: in this process, or by a Hydra multirun launcher.
+"""Where a batch of runs is executed: in this process, in worker processes, or by a Hydra
+multirun launcher (joblib and submitit: ``submit``).
 
 A launcher is a callable ``launch(specs, on_done=None)`` that returns when every run of the
 batch has finished (or failed), calling ``on_done(n)`` as each part of n runs ends; the
@@ -18,15 +19,17 @@ method allow it.
   worker that dies (killed, out of memory) fails the runs it was training, recorded in
   their sessions and summaries; the runs stopped with its pool resume in a new one, and
   the batch goes on.
-- ``HydraMultirun``: ``scripts/train.py -m hydra/launcher=<name>`` (joblib on this
-  machine, submitit on a SLURM cluster), one multirun per group key over its step sizes x
-  seeds, with overrides generated from the RunSpecs (``plan.to_overrides``); with
-  ``parallel_seeds`` K > 1 each job trains its step size's seeds as ``seeds=[...]
-  parallel_seeds=K`` (``scripts/train.py`` groups seeds only, so runs that differ in step
-  size, a search round's, stay one job each).
+- ``HydraMultirun``: ``scripts/train.py -m hydra/launcher=<name>``, for the Hydra launchers
+  that take command lines only (joblib and submitit get the RunSpecs themselves,
+  ``submit.Joblib`` and ``submit.Submitit``): one multirun per group key over its step sizes
+  x seeds, with overrides generated from the RunSpecs (``plan.to_overrides``, every value
+  quoted by ``plan.override_value``); with ``parallel_seeds`` K > 1 each job trains its step
+  size's seeds as ``seeds=[...] parallel_seeds=K`` (``scripts/train.py`` groups seeds only,
+  so runs that differ in step size, a search round's, stay one job each).
 
 Longer than 300 lines: three back ends behind one calling convention; the dead-worker
-bookkeeping is in ``workers``, the grouping in ``batching``.
+bookkeeping is in ``workers``, the grouping in ``batching``, the joblib and submitit back
+ends in ``submit``.
 """
 
 from __future__ import annotations

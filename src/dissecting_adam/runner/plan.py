@@ -8,8 +8,12 @@ variant. Capabilities (per-example gradients, seed-parallel training) are checke
 once. Nothing is loaded or written; bad input raises a ``ConfigError`` that names the
 setting and the fix.
 
-``to_overrides(spec)`` is the way back for Hydra multirun launchers (joblib, submitit):
-command-line overrides that plan to the same run (same identity and settings).
+``to_overrides(spec)`` is the way back for the Hydra multirun launchers that only take
+command lines (the joblib and submitit ones are given RunSpec objects instead,
+``protocol.submit``): overrides that plan to the same run (same identity and settings),
+every value written by ``override_value`` (strings quoted and escaped, so that paths with
+spaces, quotes or ``${`` arrive as they are). ``launcher_settings`` reads a Hydra launcher's
+settings (``conf/hydra/launcher``) for those launchers; ``hydra_launchers`` lists them.
 
 Longer than 300 lines: every setting a user types is validated here, in one place, so
 that no bad value reaches the core.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -33,6 +38,7 @@ from .spec import (
     RunSpec,
     TrainSettings,
     compile_mode,
+    precision_setting,
 )
 
 log = logging.getLogger(__name__)
@@ -96,8 +102,8 @@ def plan(cfg: DictConfig) -> RunSpec:
         data_variant=str(cfg.data.variant),
         results_root=str(cfg.results_root),
         device=str(cfg.device),
-        allow_tf32=_flag(cfg, "allow_tf32", True),
-        cudnn_benchmark=_flag(cfg, "cudnn_benchmark", False),
+        precision=precision_setting(cfg.get("precision", "tf32"), _flag(cfg, "allow_tf32", True)),
+        cudnn_benchmark=_flag(cfg, "cudnn_benchmark", True),
         deterministic=_flag(cfg, "deterministic", False),
         flush_denormal=_flag(cfg, "flush_denormal", False),
         force=bool(cfg.force),
@@ -249,44 +255,44 @@ def to_overrides(spec: RunSpec) -> list[str]:
         f"seed={spec.seed}",
         # lr is in every optimizer's config (and swept by launchers); the rest may be added.
         *(
-            f"{'' if k == 'lr' else '++'}optimizer.{k}={_value(v)}"
+            f"{'' if k == 'lr' else '++'}optimizer.{k}={override_value(v)}"
             for k, v in spec.optimizer.kwargs.items()
         ),  # fmt: skip
         "schedule=piecewise",
-        f"schedule.milestones={_value(list(pc.lr_milestones))}",
-        f"schedule.gamma={_value(pc.lr_gamma)}",
+        f"schedule.milestones={override_value(list(pc.lr_milestones))}",
+        f"schedule.gamma={override_value(pc.lr_gamma)}",
     ]
     skip = ("num_steps", "lr_milestones", "lr_gamma", "data_root", "mirror", "device")
     for f in dataclasses.fields(pc):
         if f.name not in skip:
-            out.append(f"++problem.{f.name}={_value(getattr(pc, f.name))}")
-    t = spec.train
-    for key in ("num_steps", "eval_every", "eval_max_batches", "log_every", "divergence_factor",
-                "checkpoint_every", "keep_checkpoint", "progress", "log_interval_s",
-                "stop_at", "compile"):  # fmt: skip
-        out.append(f"train.{key}={_value(getattr(t, key))}")
+            out.append(f"++problem.{f.name}={override_value(getattr(pc, f.name))}")
+    for f in dataclasses.fields(spec.train):  # each is a train.* setting of conf/train.yaml
+        if f.name != "seed":
+            out.append(f"train.{f.name}={override_value(getattr(spec.train, f.name))}")
     out += [
-        f"data.root={_value(pc.data_root)}",
-        f"data.mirror={_value(pc.mirror)}",
+        f"data.root={override_value(pc.data_root)}",
+        f"data.mirror={override_value(pc.mirror)}",
         f"data.variant={spec.data_variant}",
-        f"results_root={_value(spec.results_root)}",
-        f"device={_value(spec.device)}",
-        f"allow_tf32={_value(spec.allow_tf32)}",
-        f"cudnn_benchmark={_value(spec.cudnn_benchmark)}",
-        f"deterministic={_value(spec.deterministic)}",
-        f"flush_denormal={_value(spec.flush_denormal)}",
+        f"results_root={override_value(spec.results_root)}",
+        f"device={override_value(spec.device)}",
+        f"precision={override_value(spec.precision)}",
+        f"cudnn_benchmark={override_value(spec.cudnn_benchmark)}",
+        f"deterministic={override_value(spec.deterministic)}",
+        f"flush_denormal={override_value(spec.flush_denormal)}",
         f"logger={spec.logger.name}",
         f"role={spec.role}",
     ]
     if spec.logger.name != "none":
         lg = spec.logger
-        out += [f"logger.{k}={_value(getattr(lg, k))}" for k in
+        out += [f"logger.{k}={override_value(getattr(lg, k))}" for k in
                 ("project", "entity", "mode", "job_type", "tags", "dir")]  # fmt: skip
     return out
 
 
-def _value(v) -> str:
-    """A value in Hydra's override grammar (strings quoted, so paths are safe)."""
+def override_value(v) -> str:
+    """``v`` in Hydra's override grammar, read back as ``v``: strings quoted, with ``'``
+    escaped, backslashes doubled where the grammar reads them (before a quote, before
+    ``${``, at the end) and ``${`` escaped (a path is never an interpolation)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -294,9 +300,50 @@ def _value(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_value(x) for x in v) + "]"
-    escaped = str(v).replace("\\", "\\\\").replace("'", "\\'")
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    escaped = _SPECIAL.sub(lambda m: m[1] * 2 + {"'": "\\'", "${": "\\${"}.get(m[2], ""), str(v))
     return f"'{escaped}'"
+
+
+#: A run of backslashes (maybe none) before what the override grammar (a quote, the end)
+#: or OmegaConf (an interpolation) would read as an escape.
+_SPECIAL = re.compile(r"(\\*)('|\$\{|$)")
+
+
+class OverridesError(ConfigError):
+    """Hydra cannot apply the overrides to ``conf/train.yaml`` (one line: Hydra's reason)."""
+
+
+# --- Hydra's launchers (the reproduction's launcher setting) ---------------------------
+def hydra_launchers() -> list[str] | None:
+    """The Hydra launchers available (conf/hydra/launcher and installed plugins), or None
+    when Hydra is not initialised (then they are not checked)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return None
+    return GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+
+
+def launcher_settings(name: str, overrides: list[str], results_root: str) -> dict:
+    """``hydra.launcher`` of ``conf/train.yaml`` with ``hydra/launcher=name`` and
+    ``overrides`` (``hydra.launcher.partition=gpu``), resolved (its folders under
+    ``results_root``): what the Hydra plugin would be built from (``_target_`` names it).
+    Hydra must be initialised."""
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose("train", overrides=[
+            f"hydra/launcher={name}", "hydra.job.name=train",
+            f"results_root={override_value(results_root)}", *overrides,
+        ], return_hydra_config=True)  # fmt: skip
+        return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    except HydraException as err:
+        raise ConfigError(
+            f"launcher_overrides={overrides} cannot be applied to launcher={name}: "
+            f"{' '.join(str(err).split())}; fix them (e.g. 'hydra.launcher.partition=gpu')"
+        ) from None
 
 
 # --- many runs at once (the reproduction driver) --------------------------------------
@@ -311,7 +358,7 @@ def plan_pairs(pairs, overrides: list[str]) -> dict[tuple[str, str], RunSpec | C
     (``tests/test_spec.py`` checks the result equals composing every pair).
     """
     from hydra import compose
-    from hydra.errors import MissingConfigException
+    from hydra.errors import HydraException, MissingConfigException
 
     def composed(problem: str, optimizer: str) -> DictConfig:
         try:
@@ -319,6 +366,8 @@ def plan_pairs(pairs, overrides: list[str]) -> dict[tuple[str, str], RunSpec | C
                                                *overrides])  # fmt: skip
         except MissingConfigException as err:
             raise ConfigError(f"{problem}/{optimizer}: {err}") from err
+        except HydraException as err:  # e.g. an override of a key conf/train.yaml lacks
+            raise OverridesError(" ".join(str(err).split())) from None
 
     problems = list(dict.fromkeys(p for p, _ in pairs))
     optimizers = list(dict.fromkeys(o for _, o in pairs))

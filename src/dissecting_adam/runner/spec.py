@@ -321,8 +321,8 @@ class RunSpec:
         )
 
 
-# Deprecated read access for callers that still ask (``plan.to_overrides``; remove when
-# none does): TF32 allowed unless the run is fp32. Set after the class, so that the
-# InitVar's default stays None. ``dataclasses.replace`` passes this value back to
-# ``__init__`` (False keeps an fp32 run fp32); ``derive(precision=...)`` passes None.
+# Deprecated read access (old callers of ``spec.allow_tf32``): TF32 allowed unless the
+# run is fp32. Set after the class, so that the InitVar's default stays None;
+# ``dataclasses.replace`` passes this value back to ``__init__`` (False keeps an fp32 run
+# fp32), ``derive(precision=...)`` passes None.
 RunSpec.allow_tf32 = property(lambda self: self.precision != "fp32")
