@@ -394,3 +394,16 @@ def test_share_checks_need_their_parts():
     with pytest.raises(ValueError, match="parts"):
         claims.claims_from_dict({"margins": {"test_accuracy": 0.005, "train_loss": 0.05},
                                  "checks": [check]})  # fmt: skip
+
+
+def test_a_contrary_verdict_at_a_short_budget_reads_not_reproduced():
+    from dissecting_adam.protocol.claims import said, short_budgets
+
+    assert said("contradicted", [1500]) == "not reproduced in a 1,500-step run"
+    assert said("contradicted", [1000, 1500]) == "not reproduced in runs of 1,000/1,500 steps"
+    assert said("contradicted") == "contradicted"  # the paper's budget: the word itself
+    assert said("confirmed", [1500]) == "confirmed"
+    runs = pd.DataFrame({"problem": ["p4", "p4"], "split": ["test", "train_eval"],
+                         "step": [1500, 1500], "profile": ["preview", "preview"]})  # fmt: skip
+    assert short_budgets(runs) == {"p4": 1500}
+    assert short_budgets(runs.assign(profile="paper")) == {}

@@ -35,7 +35,7 @@ docs/claims.md has the reasons behind these choices.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -495,6 +495,28 @@ def data_banner(table: pd.DataFrame) -> str:
     return "".join(line + "\n\n" for line in lines)
 
 
+def short_budgets(runs: pd.DataFrame) -> dict[str, int]:
+    """Per problem, the steps of a run that is not the paper's protocol (empty for ``paper``
+    replicates): their verdicts are about that budget only."""
+    if "profile" not in runs or (runs["profile"].astype(str) == "paper").all():
+        return {}
+    return {str(k): int(v) for k, v in budgets(runs).items()}
+
+
+def said(verdict: str, steps: Sequence[int] = ()) -> str:
+    """A verdict as the report words it: at a budget short of the paper's (``steps``, one
+    per problem read) a contrary result is "not reproduced in an N-step run", because the
+    paper's statements are about the end of its own budget; confirmed and the rest as is."""
+    if verdict != "contradicted" or not steps:
+        return verdict
+    n = sorted(set(steps))
+    return (
+        f"not reproduced in a {n[0]:,}-step run"
+        if len(n) == 1
+        else "not reproduced in runs of " + "/".join(f"{x:,}" for x in n) + " steps"
+    )
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.4g}%"
 
@@ -569,7 +591,8 @@ def _tests_text(settings: ClaimSettings) -> list[str]:
     ]  # fmt: skip
 
 
-def _sentence_lines(table: pd.DataFrame, settings: ClaimSettings) -> list[str]:
+def _sentence_lines(table: pd.DataFrame, settings: ClaimSettings,
+                    short: dict[str, int]) -> list[str]:  # fmt: skip
     verdicts = sentence_verdicts(table, settings)
     if not len(verdicts):
         return []
@@ -584,11 +607,17 @@ def _sentence_lines(table: pd.DataFrame, settings: ClaimSettings) -> list[str]:
         rows = verdicts[verdicts["sentence"] == s.id].set_index("problem")
         top = rows.loc["all"]
         clause = f" (checked: {s.part})" if s.part else ""
-        lines.append(f'- **{top["verdict"]}** {s.section} `{s.id}`: "{s.text}"{clause}')
+
+        def short_of(p: str) -> list[int]:
+            return [short[p]] if p in short else []
+
+        read = [n for p in rows.index if p != "all" for n in short_of(p)]
+        lines.append(f'- **{said(top["verdict"], read)}** {s.section} `{s.id}`: "{s.text}"'
+                     f"{clause}")  # fmt: skip
         lines.append(f"    - reading: {s.reading}" if s.reading else "    - reading: the words")
         if top["verdict"] != NOT_CHECKED:
-            each = ", ".join(f"{PROBLEM_LABELS.get(p, p)} {v}" for p, v in
-                             rows["verdict"].drop("all").items())  # fmt: skip
+            each = ", ".join(f"{PROBLEM_LABELS.get(p, p)} {said(v, short_of(p))}"
+                             for p, v in rows["verdict"].drop("all").items())  # fmt: skip
             absent = ", ".join(PROBLEM_LABELS.get(p, p) for p in top["not_run"].split(", ") if p)
             lines.append(f"    - {top['pairs']} pairs ({s.quantifier}): {each or 'none run'}"
                          + (f"; not run: {absent} (the verdict is on the problems run)"
@@ -597,9 +626,11 @@ def _sentence_lines(table: pd.DataFrame, settings: ClaimSettings) -> list[str]:
 
 
 def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame | None = None,
-           banner: str = "") -> str:  # fmt: skip
+           banner: str = "", short: dict[str, int] | None = None) -> str:  # fmt: skip
     """``claims.md``: the tests, the sentences' verdicts, then one section per problem, every
-    check's verdict and its numbers."""
+    check's verdict and its numbers. ``short``: per problem, the steps of runs shorter than
+    the paper's (``short_budgets``), whose contrary verdicts read "not reproduced"."""
+    short = short or {}
     conf = _pct(1 - settings.alpha)
     per_claim = table.drop_duplicates(["claim", "problem"])
     lines = [
@@ -610,7 +641,7 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
     if not len(table):
         lines += ["No claim could be checked: no check's problem and methods are all in the "
                   "replicates.", ""]  # fmt: skip
-    lines += _sentence_lines(table, settings) if len(table) else []
+    lines += _sentence_lines(table, settings, short) if len(table) else []
     order = {p: i for i, p in enumerate(PROBLEM_LABELS)}
     for problem in sorted(table["problem"].unique(), key=lambda p: (order.get(p, 99), p)):
         lines += [" ".join(filter(None, ["##", PROBLEM_LABELS.get(problem), problem])), ""]
@@ -619,7 +650,8 @@ def report(table: pd.DataFrame, settings: ClaimSettings, summary: pd.DataFrame |
             c = pairs.iloc[0]
             when = "final" if c["when"] == "final" else f"early, step {c['at_step']}"
             cites = f"serves {c['cites']}" if c["cites"] else c["sentence"]
-            lines.append(f"- **{c['claim_verdict']}** `{claim}` ({c['section']}; {c['kind']}, "
+            verdict = said(c["claim_verdict"], [short[problem]] if problem in short else [])
+            lines.append(f"- **{verdict}** `{claim}` ({c['section']}; {c['kind']}, "
                          f"{c['quantifier']} pair, {c['metric'].replace('_', ' ')}, {when}): "
                          f"{cites}")  # fmt: skip
             if c["incomplete"]:
@@ -660,7 +692,7 @@ def write(replicates: pd.DataFrame, out_dir: str | Path, claims: Iterable[Claim]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = check(replicates, claims, settings)
-    text = report(table, settings, summary, banner)
+    text = report(table, settings, summary, banner, short_budgets(replicates))
     paths = {"claims": out / "claims.md", "claims_csv": out / "claims.csv"}
     atomic_write(paths["claims"], lambda p: Path(p).write_text(text, encoding="utf-8"))
     atomic_write(paths["claims_csv"], lambda p: table.to_csv(p, index=False))
