@@ -132,14 +132,32 @@ def test_steady_throughput_leaves_out_start_up(steps, train_s, members, side, wa
     assert out["startup_share"] == (pytest.approx(startup) if startup is not None else None)
 
 
-@pytest.mark.parametrize("batch, fits", [(128, 64), (64, None), (32, None)])
-def test_the_packed_batch_fits_the_generated_data(batch, fits):
-    """P2's paper batch (128) exceeds the runner's 64 generated training images."""
+@pytest.mark.parametrize("batch", [128, 64, 32])
+def test_the_paper_batch_fits_the_generated_data(batch):
+    """The stand-ins hold at least a batch (P2's paper batch of 128 included)."""
     config = PROBLEMS["cifar10_3c3d"].Config(batch_size=batch)
     spec = SimpleNamespace(problem="cifar10_3c3d", problem_config=config, device="cpu",
                            data_variant="synthetic")  # fmt: skip
-    assert fitting_batch(spec) == fits
+    assert fitting_batch(spec) is None
     assert fitting_batch(SimpleNamespace(data_variant="real")) is None
+
+
+def test_a_standin_smaller_than_the_batch_is_packed_at_its_size(monkeypatch):
+    """A problem whose stand-in ignores ``min_train`` (one a user added, say)."""
+    from dissecting_adam.problems.datasets import synthetic
+
+    cls = PROBLEMS["cifar10_3c3d"]
+    monkeypatch.setattr(
+        cls,
+        "standin",
+        classmethod(
+            lambda c, folder, min_train=1: synthetic.write_cifar(folder, "cifar-10", 40, 8)
+        ),
+    )
+    config = cls.Config(batch_size=128)
+    spec = SimpleNamespace(problem="cifar10_3c3d", problem_config=config, device="cpu",
+                           data_variant="synthetic")  # fmt: skip
+    assert fitting_batch(spec) == 40
 
 
 def test_the_projection_takes_the_fastest_setting_of_each_precision():
