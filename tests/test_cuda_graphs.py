@@ -44,6 +44,12 @@ def test_off_by_default_in_the_settings_and_the_config():
     assert OmegaConf.load(CONF / "train.yaml").train.cuda_graph is False
 
 
+def test_the_planner_reads_the_flag_from_the_command_line():
+    assert planned("problem=fmnist_2c2d", "train.cuda_graph=true").train.cuda_graph is True
+    with pytest.raises(ConfigError, match="cuda_graph"):
+        planned("problem=fmnist_2c2d", "train.cuda_graph=maybe")
+
+
 def test_the_flag_is_not_part_of_the_identity():
     spec = planned("problem=fmnist_2c2d", "optimizer=msvag")
     assert config_hash(graphed(spec).identity()) == "3d390bd297"  # tests/test_precision.py

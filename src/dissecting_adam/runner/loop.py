@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..problems import Problem
-from . import backend, checkpoint, files
+from . import backend, checkpoint, files, graphs
 from . import engine as engines
 from .loggers import Logger, NoLogger
 from .monitor import (
@@ -222,7 +222,8 @@ def train_single(problem: Problem, model: torch.nn.Module, optimizer, scheduler,
                  stop: Callable[[], bool] | None = None) -> dict:  # fmt: skip
     """One run of built objects, resumed from its checkpoint if it has one (benchmarks and
     tests; the runner goes through ``session``). The run folder must exist."""
-    single = engines.Single(problem, model, optimizer, scheduler, settings.seed)
+    single = (graphs.GraphedSingle if settings.cuda_graph else engines.Single)(
+        problem, model, optimizer, scheduler, settings.seed)  # fmt: skip
     member = Member(run, settings.seed, logger or NoLogger())
     return train(problem, [member], single, settings, [resume_payload(run)], stop)[0]
 

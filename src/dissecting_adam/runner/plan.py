@@ -157,6 +157,7 @@ def train_settings(cfg: DictConfig, num_steps: int, eval_every: int, problem: st
         log_interval_s=float(t.log_interval_s),
         stop_at=None if t.get("stop_at") is None else int(t.stop_at),
         compile=compile_mode(t.get("compile")),
+        cuda_graph=_flag(t, "cuda_graph", False),
     )
 
 

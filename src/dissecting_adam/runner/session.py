@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import backend, checkpoint, engine, files, loop, store
+from . import backend, checkpoint, engine, files, graphs, loop, store
 from .data import problem_for, resolve_device
 from .environment import environment
 from .loggers import make_logger
@@ -60,6 +60,7 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
     if parallel_seeds > 1:
         check_group(specs)
     check_device(specs[0].device)
+    graphs.check(specs[0], resolve_device(specs[0].device), parallel_seeds)
     files.check_writable(Path(specs[0].results_root))
     out: dict[int, dict] = {}
     todo = []
@@ -179,9 +180,12 @@ def _engine(problem, specs: list[RunSpec]):
         model = problem.build_model(first.seed)
         if first.train.compile is not None:
             backend.compile_model(model, first.train.compile)
-        optimizer = first.optimizer.build(model.parameters())
-        return engine.Single(problem, model, optimizer, problem.lr_scheduler(optimizer),
-                             first.seed, first.precision)  # fmt: skip
+        graphed = first.train.cuda_graph  # a graph needs step counts on the device
+        kwargs = {**first.optimizer.kwargs, **({"capturable": True} if graphed else {})}
+        optimizer = first.optimizer.method.cls(model.parameters(), **kwargs)
+        single = graphs.GraphedSingle if graphed else engine.Single
+        return single(problem, model, optimizer, problem.lr_scheduler(optimizer), first.seed,
+                      first.precision)  # fmt: skip
 
     def build(params, lr):
         return first.derive(lr=lr).optimizer.build(params)

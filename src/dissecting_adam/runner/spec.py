@@ -82,7 +82,7 @@ def default_eval_every(num_steps: int, points: int = 50) -> int:
 @dataclass(frozen=True)
 class TrainSettings:
     """How a run is driven; the first six fields, ``stop_at`` and ``compile`` change the
-    recorded result, the others not."""
+    recorded result, the others not (``cuda_graph``: to rounding)."""
 
     num_steps: int
     eval_every: int
@@ -100,6 +100,8 @@ class TrainSettings:
     #: Compile the model's forward and backward with torch.compile in this mode (None:
     #: eager). Changes the float rounding, so it is part of the run's identity.
     compile: str | None = None
+    #: Each training step as one CUDA graph (``runner.graphs``); the same run to rounding.
+    cuda_graph: bool = False
 
     @property
     def end(self) -> int:
