@@ -35,30 +35,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reproduction(device: str, results_root: Path):
-    """The paper protocol as ``scripts/reproduce.py`` builds it (for the projection)."""
-    from hydra import compose, initialize_config_dir
-
-    from dissecting_adam.protocol.build import build
-
-    overrides = ["profile=paper", f"device={device}", f"results_root={results_root}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return build(compose("reproduce", overrides=overrides))
-
-
-def plan_runs(pairs, overrides: list[str]) -> dict:
-    """RunSpecs of ``pairs`` from ``conf/train.yaml`` with ``overrides``."""
-    from hydra import initialize_config_dir
-
-    from dissecting_adam.runner.plan import plan_pairs
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        specs = plan_pairs(pairs, overrides)
-    for failed in (spec for spec in specs.values() if isinstance(spec, Exception)):
-        raise failed
-    return specs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
@@ -79,7 +55,7 @@ def main() -> int:
         return 2
 
     from dissecting_adam.bench.check import run_check
-    from dissecting_adam.bench.config import CheckConfig
+    from dissecting_adam.bench.config import CheckConfig, paper_reproduction, planner
     from dissecting_adam.bench.sections import FAILED
 
     # No long download attempts without a network: a missing data set is generated instead.
@@ -97,7 +73,8 @@ def main() -> int:
         mirror=str(Path(args.mirror).resolve()) if args.mirror else None,
         compile_modes=tuple(m.strip() for m in args.compile_modes.split(",") if m.strip()),
         cudnn_benchmark=args.cudnn_benchmark, p1_lr=args.p1_lr,
-        reproduction=lambda: reproduction(args.device, out / "store"), planner=plan_runs,
+        reproduction=lambda: paper_reproduction(ROOT / "conf", args.device, out / "store"),
+        planner=lambda pairs, overrides: planner(ROOT / "conf", pairs, overrides),
     )  # fmt: skip
     try:
         doc = run_check(cfg)

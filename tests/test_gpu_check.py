@@ -5,7 +5,6 @@ the projection of the paper protocol that it shares with ``scripts/reproduce.py`
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,16 +24,6 @@ from dissecting_adam.protocol.estimate import project, projection
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
-
-
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its ``main`` is not run)."""
-    spec = importlib.util.spec_from_file_location(
-        f"scripts_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 SECTIONS = ["environment", "optimizer_step", "problem_step", "runner_overhead",
@@ -380,10 +369,8 @@ def test_best_by_keeps_the_best_row_per_problem():
     assert {k: r["n"] for k, r in best_by(rows, "v").items()} == {"a": 2, "b": 1}
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["bench_optim", "bench_problems", "bench_runner", "bench_parallel", "bench_minibatch",
-     "gpu_check"],
-)  # fmt: skip
-def test_bench_scripts_import(name):
-    assert callable(load_script(name).main)
+def test_gpu_check_script_starts():
+    """The script itself, as the GPU machine runs it (its logic is tested through bench/)."""
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--budget-s" in out.stdout, out.stderr

@@ -103,12 +103,9 @@ def test_multirun_sweep_then_collect(tmp_path):
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    from importlib import util
+    from dissecting_adam.protocol.commands import collect_runs
 
-    spec = util.spec_from_file_location("collect", REPO / "scripts" / "collect.py")
-    collect = util.module_from_spec(spec)
-    spec.loader.exec_module(collect)
-    assert collect.main(["--root", str(tmp_path), "--profile", "smoke", "--csv"]) == 0
+    assert collect_runs(tmp_path, "smoke", csv=True) == 0  # scripts/collect.py's command
     table = pd.read_csv(tmp_path / "smoke" / "runs.csv")
     assert list(table.columns[: len(store_table.COLUMNS)]) == store_table.COLUMNS
     runs = table.drop_duplicates(["lr", "seed"]).set_index(["lr", "seed"])["status"]

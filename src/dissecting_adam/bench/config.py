@@ -132,3 +132,25 @@ class CheckConfig:
         """Where runs started by the check find their data."""
         out = [f"data.root={self.data_root}"]
         return out + ([f"data.mirror={self.mirror}"] if self.mirror else [])
+
+
+def paper_reproduction(conf_dir: Path, device: str, results_root: Path):
+    """The paper protocol as ``scripts/reproduce.py`` builds it (for the projection)."""
+    from ..protocol.build import build
+    from ..runner.plan import composed, hydra_at
+
+    overrides = ["profile=paper", f"device={device}", f"results_root={results_root}"]
+    with hydra_at(conf_dir):
+        return build(composed("reproduce", overrides))
+
+
+def planner(conf_dir: Path, pairs, overrides: list[str]) -> dict:
+    """RunSpecs of ``pairs`` from ``conf/train.yaml`` with ``overrides``; a pair that cannot
+    run raises its error."""
+    from ..runner.plan import hydra_at, plan_pairs
+
+    with hydra_at(conf_dir):
+        specs = plan_pairs(pairs, overrides)
+    for failed in (spec for spec in specs.values() if isinstance(spec, Exception)):
+        raise failed
+    return specs

@@ -21,9 +21,11 @@ that no bad value reaches the core.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -345,6 +347,23 @@ def launcher_settings(name: str, overrides: list[str], results_root: str) -> dic
             f"launcher_overrides={overrides} cannot be applied to launcher={name}: "
             f"{' '.join(str(err).split())}; fix them (e.g. 'hydra.launcher.partition=gpu')"
         ) from None
+
+
+# --- outside @hydra.main (the GPU check, notebooks) ----------------------------------
+@contextlib.contextmanager
+def hydra_at(conf_dir: Path):
+    """Hydra initialised on the config folder ``conf_dir`` for the duration of the block."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        yield
+
+
+def composed(name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides`` (inside ``hydra_at`` or ``@hydra.main``)."""
+    from hydra import compose
+
+    return compose(name, overrides=list(overrides))
 
 
 # --- many runs at once (the reproduction driver) --------------------------------------
