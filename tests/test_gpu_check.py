@@ -46,7 +46,7 @@ def tiny_check(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--budget-s", "200",
          "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=320,
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=480,
     )  # fmt: skip
     return proc, out, time.perf_counter() - t0
 
@@ -161,7 +161,9 @@ def test_tiny_check_runs_the_whole_p1_protocol_and_keeps_its_outputs(tiny_check)
     assert len(_rows(doc, "p1_protocol", 2)) == 4  # the replicates' summary, per method
     p1 = next(s for s in doc["sections"] if s["name"] == "p1_run")
     for started in p1["tables"][1]["rows"] if len(p1["tables"]) > 1 else []:
-        assert started["exit_status"] in (0, 143)  # SIGTERM at its deadline: resumable
+        # SIGTERM at its deadline: 143 once the script's handler is in place; -15 while it
+        # is still importing (a loaded machine), when it has written nothing. Both resumable.
+        assert started["exit_status"] in (0, 143, -15)
     sec = next(s for s in doc["sections"] if s["name"] == "p1_protocol")
     assert any("Batching: single runs (auto: CPU" in note for note in sec["notes"])
     driver_rows = [r for r in _rows(doc, "runs_per_hour", 0) if r.get("driver")]

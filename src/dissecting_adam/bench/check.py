@@ -72,10 +72,14 @@ def _on(fn: Callable, cfg: CheckConfig, where: str, ctx) -> None:
 
 
 def sections(cfg: CheckConfig) -> list[Section]:
-    weights, where = cfg.sizes.weights, machine(cfg.device)
+    weights, floors, where = cfg.sizes.weights, cfg.sizes.floors, machine(cfg.device)
     return [
         Section(
-            name, title, functools.partial(_on, fn, cfg, where), weights.get(name, weight), floor
+            name,
+            title,
+            functools.partial(_on, fn, cfg, where),
+            weights.get(name, weight),
+            max(floor, floors.get(name, 0.0)),
         )  # fmt: skip
         for name, title, fn, weight, floor in PLAN
     ]

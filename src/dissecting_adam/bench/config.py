@@ -48,6 +48,9 @@ class Sizes:
     reproduce_s: float | None = None  # section 6's share of the reproduction (None: the rest)
     reproduce_overrides: tuple[str, ...] = ()  # of every run of the P1 reproduction
     weights: dict = field(default_factory=dict)  # section -> its weight, instead of check.PLAN's
+    # section -> its least share in seconds, above check.PLAN's: a tiny self-check checks
+    # that runs complete, so a loaded machine must not cut its short runs at a deadline.
+    floors: dict = field(default_factory=dict)
 
 
 FULL = Sizes(wrn=(40, 4), optim_rounds=40, reference_rounds=3, steps=30, warmup=5)
@@ -87,6 +90,7 @@ TINY = Sizes(
         "p1_protocol": 0.3,
     },
     reproduce_overrides=("problem.batch_size=8", "problem.eval_batch_size=16", "train.num_steps=4"),
+    floors={"p1_run": 60.0, "p1_protocol": 150.0},
 )
 
 
