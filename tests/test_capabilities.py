@@ -32,9 +32,8 @@ def test_capabilities_come_from_the_class(cls, expected):
     assert capabilities(cls(params, lr=0.1)) == expected  # an instance reads the same
 
 
-def test_the_registry_reads_capabilities_through_the_one_function():
-    for m in methods.METHODS.values():
-        assert (m.per_example, m.seed_parallel) == tuple(vars(capabilities(m.cls)).values())
+def test_the_registry_reads_capabilities_from_the_classes():
+    assert {m.name for m in methods.METHODS.values() if m.per_example} == {"msvag_mb", "svag_mb"}
     assert {m.name for m in methods.METHODS.values() if not m.seed_parallel} == {
         "msvag_mb",
         "svag_mb",

@@ -25,7 +25,7 @@ from dissecting_adam.optim import MSVAG, _fused
 METHODS = ("msgd", "mssd", "msvag", "svag", "mssd_va", "mssd_erf")
 SHAPES = [(37,), (5, 13), (1,), (130,)]
 SCALES = [0.0, 1e-30, 1e-20, 1.0, 1e20, 1e30]
-REF_STEPS, RTOL_REF = 50, 5e-4  # float32 kernel vs the float64 reference (measured <= 1.3e-4)
+REF_STEPS, RTOL_REF = 50, 5e-4  # float32 kernel vs the float64 reference (measured <= 1.8e-5)
 
 
 # --------------------------------------------------------------------------- the child

@@ -151,14 +151,12 @@ def failure(err: BaseException, frames: int = 6) -> dict:
 
 
 @contextlib.contextmanager
-def alarm(seconds: float) -> Iterator[None]:
-    """Raise BudgetSpent in this (main) thread after ``seconds``; elsewhere, do nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _timer(seconds: float, error: Exception) -> Iterator[None]:
+    """Raise ``error`` in the main thread after ``seconds`` (SIGALRM), then disarm and put
+    the previous handler back."""
 
     def ring(signum, frame):
-        raise BudgetSpent(f"stopped after {seconds:.0f} s")
+        raise error
 
     previous = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
@@ -167,6 +165,16 @@ def alarm(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Iterator[None]:
+    """Raise BudgetSpent in this (main) thread after ``seconds``; elsewhere, do nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with _timer(seconds, BudgetSpent(f"stopped after {seconds:.0f} s")):
+        yield
 
 
 @contextlib.contextmanager
@@ -179,16 +187,10 @@ def cap(seconds: float) -> Iterator[None]:
         yield
         return
 
-    def ring(signum, frame):
-        raise CapReached(f"capped after {seconds:.0f} s")
-
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
     try:
-        yield
+        with _timer(seconds, CapReached(f"capped after {seconds:.0f} s")):
+            yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         if outer > 0:
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.perf_counter() - start), 0.01))

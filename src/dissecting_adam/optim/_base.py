@@ -233,8 +233,10 @@ class OptimizerBase(StateDictChecks):
         out = []
         for p in params:
             state = self.state[p]
-            step = _step_as(state.get("step", 0), capturable, p.device)
-            state["step"] = step
+            old = state.get("step", 0)
+            step = _step_as(old, capturable, p.device)
+            if step is not old or "step" not in state:  # created or converted (a load)
+                state["step"] = step
             out.append(step)
         return out
 

@@ -603,13 +603,14 @@ def _sentence_lines(table: pd.DataFrame, settings: ClaimSettings,
         "reading, and its verdict over every pair it rests on, then per problem.",
         "",
     ]
+
+    def short_of(p: str) -> list[int]:
+        return [short[p]] if p in short else []
+
     for s in settings.sentences:
         rows = verdicts[verdicts["sentence"] == s.id].set_index("problem")
         top = rows.loc["all"]
         clause = f" (checked: {s.part})" if s.part else ""
-
-        def short_of(p: str) -> list[int]:
-            return [short[p]] if p in short else []
 
         read = [n for p in rows.index if p != "all" for n in short_of(p)]
         lines.append(f'- **{said(top["verdict"], read)}** {s.section} `{s.id}`: "{s.text}"'
