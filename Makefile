@@ -10,6 +10,7 @@ TEST_JOBS ?= auto
 PROBLEMS ?= all
 PROFILE ?= paper
 LAUNCHER ?= auto
+RESULTS ?= results
 # A folder of original downloads (e.g. ../shared/data): data is copied from it, not downloaded.
 export DATA_MIRROR
 
@@ -78,13 +79,18 @@ wilson: install ## Wilson et al. construction, Lemmas 2-3 (~1 min)
 	$(PY) scripts/wilson.py
 
 reproduce-fig5: install ## Fig. 5 end to end: PROFILE=paper|preview|smoke PROBLEMS=a,b LAUNCHER=auto|basic|packed|joblib|submitit_slurm ARGS=overrides
+	$(PY) scripts/migrate_store.py --quiet $(RESULTS)
 	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
 
 plan-fig5: install ## What reproduce-fig5 would run next and what the store holds (seconds; runs nothing)
 	$(PY) scripts/reproduce.py profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") dry_run=true $(ARGS)
 
 reproduce-extended: install ## Fig. 5's methods + M-SSD-VA, M-SSD-erf (§C) and M-SVAG-mb (§D): PROFILE, PROBLEMS, LAUNCHER as above
+	$(PY) scripts/migrate_store.py --quiet $(RESULTS)
 	$(PY) scripts/reproduce.py --config-name reproduce_extended profile=$(PROFILE) $(if $(filter all,$(PROBLEMS)),,"problems=[$(PROBLEMS)]") launcher=$(LAUNCHER) $(ARGS)
+
+migrate-store: install ## Move RESULTS=results's runs to the current identity format, once (nothing retrains)
+	$(PY) scripts/migrate_store.py $(RESULTS)
 
 test-slurm: install ## The SLURM launcher on a private one-node SLURM cluster (root; installs slurm-wlm)
 	PY=$(PY) scripts/test_slurm.sh
@@ -92,4 +98,4 @@ test-slurm: install ## The SLURM launcher on a private one-node SLURM cluster (r
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner gpu-check fig2 fig3 wilson reproduce-fig5 plan-fig5 reproduce-extended bench-minibatch test-slurm clean
+.PHONY: help install test test-all lint format bench data bench-problems train smoke collect bench-runner gpu-check fig2 fig3 wilson reproduce-fig5 plan-fig5 reproduce-extended migrate-store bench-minibatch test-slurm clean

@@ -107,21 +107,24 @@ def test_compiled_model_keeps_its_state_dict_keys():
 
 
 @pytest.mark.parametrize(
-    "override, key",
+    "override, key, default, value",
     [
-        ("train.compile=reduce-overhead", ("train", "compile")),
-        ("allow_tf32=false", ("allow_tf32",)),
-        ("flush_denormal=true", ("flush_denormal",)),
+        ("train.compile=reduce-overhead", ("train", "compile"), None, "reduce-overhead"),
+        ("precision=fp32", ("precision",), "tf32", "fp32"),
+        ("allow_tf32=false", ("precision",), "tf32", "fp32"),
+        ("flush_denormal=true", ("flush_denormal",), False, True),
     ],
 )
-def test_numerics_settings_enter_the_identity_only_when_not_default(tmp_path, override, key):
-    default, changed = spec_of(tmp_path), spec_of(tmp_path, override)
-    assert default.run_dir().path != changed.run_dir().path
-    ident = changed.identity()
-    value = ident[key[0]] if len(key) == 1 else ident[key[0]][key[1]]
-    assert value == {"train": "reduce-overhead", "allow_tf32": False}.get(key[0], True)
-    assert not {"allow_tf32", "flush_denormal"} & set(default.identity())
-    assert "compile" not in default.identity()["train"]
+def test_numerics_settings_are_in_the_identity_at_their_value(
+    tmp_path, override, key, default, value
+):
+    def at(ident):
+        return ident[key[0]] if len(key) == 1 else ident[key[0]][key[1]]
+
+    plain, changed = spec_of(tmp_path), spec_of(tmp_path, override)
+    assert plain.run_dir().path != changed.run_dir().path
+    assert (at(plain.identity()), at(changed.identity())) == (default, value)
+    assert "allow_tf32" not in changed.identity()  # version 1's key for fp32
 
 
 def test_speed_settings_are_recorded_not_identity(tmp_path):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..problems import DataError
+from ..runner import migrate
 from ..runner.data import problem_for
 from ..runner.loop import Interrupted
 from ..runner.plan import ConfigError
@@ -43,6 +44,7 @@ def run(cfg, train_command: tuple[str, ...] = ()) -> dict[str, Path] | None:
     """The whole command: the plan (and exit, with ``dry_run``), data, runs, outputs."""
     t0 = time.perf_counter()
     r = build(cfg, train_command)
+    migrate.refuse_unmigrated(spec.run_dir().path.parents[1] for spec in r.base.values())
     print(header(r), flush=True)
     print(driver.plan_line(r), flush=True)
     if cfg.dry_run:

@@ -1,5 +1,5 @@
-"""The small commands' bodies: ``scripts/train.py``, ``prepare_data.py``, ``collect.py`` and
-``claims.py`` parse their arguments and call one of these (``cli`` is
+"""The small commands' bodies: ``scripts/train.py``, ``prepare_data.py``, ``collect.py``,
+``migrate_store.py`` and ``claims.py`` parse their arguments and call one of these (``cli`` is
 ``reproduce.py``'s).
 
 Each returns an exit status: 0 when done, 1 with one line on stderr (or in the log) that
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..problems import PROBLEMS, DataError, load
+from ..runner import migrate
 from ..runner.loop import Interrupted
 from ..runner.plan import ConfigError, plan_seeds
 from ..runner.session import execute_seeds
@@ -118,6 +119,24 @@ def collect_runs(root: Path, profile: str, csv: bool = False, out: Path | None =
     if len(table):
         print(table.drop_duplicates("config_hash")["status"].value_counts().to_string())
     return 0
+
+
+# --- scripts/migrate_store.py -------------------------------------------------------------
+def migrate_store(root: Path, quiet: bool = False) -> int:
+    """``root``'s runs moved to the current identity format (``runner.migrate``): what
+    moved on stdout (nothing with ``quiet`` when there was nothing to do), folders left
+    (being trained, unreadable, recorded twice) on stderr, and status 1 if any were."""
+    if not root.exists():
+        if not quiet:
+            print(f"{root}: no results store here; nothing to migrate")
+        return 0
+    done = migrate.migrate(root)
+    first, *rest = done.lines()
+    if done.moved or done.skipped or not quiet:
+        print(f"{root}: {first}")
+        for line in rest:
+            print(line, file=sys.stderr if line.startswith("  skipped") else sys.stdout)
+    return 1 if done.skipped else 0
 
 
 # --- scripts/claims.py --------------------------------------------------------------------

@@ -22,6 +22,37 @@ def format_lr(lr: float) -> str:
     return format(float(lr), ".6g")
 
 
+#: The identity's format. 2 (2026-12-04) lists every setting that defines the run, at its
+#: value, and names its version; 1 left out the settings added later while they were at
+#: their defaults, so that older runs kept their hashes. ``upgrade_identity`` turns a 1
+#: into a 2 and ``runner.migrate`` moves a store's runs to their new folders, once.
+IDENTITY_VERSION = 2
+
+
+def identity_version(stored: dict) -> int:
+    """The format of a stored identity (1: written before the version was recorded)."""
+    return int(stored.get("identity_version", 1))
+
+
+def upgrade_identity(stored: dict) -> dict:
+    """A stored version-1 identity as version 2 (without its hash): the same run.
+
+    Version 1 omitted ``train.stop_at`` and ``train.compile`` when None, recorded fp32 as
+    ``allow_tf32: false`` and bf16 as ``precision: bf16`` (TF32, the default, not at all),
+    and ``flush_denormal`` only when true.
+    """
+    if identity_version(stored) != 1:
+        raise ValueError(f"not a version-1 identity (version {identity_version(stored)})")
+    old = {k: v for k, v in stored.items() if k not in ("config_hash", "allow_tf32")}
+    return {
+        **old,
+        "identity_version": IDENTITY_VERSION,
+        "train": {"stop_at": None, "compile": None, **old["train"]},
+        "precision": precision_of(stored),
+        "flush_denormal": bool(stored.get("flush_denormal", False)),
+    }
+
+
 #: What an identity.json must hold for its folder to be placed and collected.
 IDENTITY_KEYS = ("profile", "problem", "optimizer", "optimizer_kwargs", "seed", "config_hash")
 
@@ -47,9 +78,9 @@ def read_identity(path: Path) -> dict:
 
 
 def precision_of(identity: dict) -> str:
-    """A stored identity's precision: ``precision`` where not the default, the older key
-    ``allow_tf32: false`` for fp32 (so that those runs kept their hashes), else tf32 (TF32
-    on CUDA; a CPU run of this setting computed in plain fp32)."""
+    """A stored identity's precision: ``precision`` (always there from version 2 on; in
+    version 1 only where not the default), version 1's ``allow_tf32: false`` for fp32,
+    else tf32 (TF32 on CUDA; a CPU run of this setting computed in plain fp32)."""
     if "precision" in identity:
         return str(identity["precision"])
     return "fp32" if identity.get("allow_tf32") is False else "tf32"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import backend, checkpoint, engine, files, graphs, loop, store
+from . import backend, checkpoint, engine, files, graphs, loop, migrate, store
 from .data import problem_for, resolve_device
 from .environment import environment
 from .loggers import make_logger
@@ -94,6 +94,7 @@ def check_group(specs: Sequence[RunSpec]) -> None:
 def _already_finished(spec: RunSpec) -> dict | None:
     """The summary of a finished, verified record of ``spec`` (as returned), or None."""
     run = spec.run_dir()
+    migrate.refuse_unmigrated([run.path.parent])  # else an old record would train again
     summary = None if spec.force else run.finished(spec.identity())
     if summary is None:
         return None

@@ -21,6 +21,7 @@ import torch
 from .. import methods
 from ..problems import PROBLEMS, ProblemConfig
 from .backend import PRECISIONS
+from .records import IDENTITY_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,12 @@ class LoggerSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one run is. Resolved: the values in effect, not the defaults' sources."""
+    """Everything one run is. Resolved: the values in effect, not the defaults' sources.
+
+    ``identity()`` is the part that defines the result; the rest (paths, device, speed
+    settings, ``force``, ``role``, the logger) says how this run is carried out and is
+    recorded in ``config.yaml`` and ``environment.json`` only.
+    """
 
     problem: str
     problem_config: ProblemConfig  # the real batch size, budget and schedule
@@ -261,19 +267,10 @@ class RunSpec:
             if k not in NOT_IDENTITY
         }
         t = self.train
-        # Settings added later enter only when not at their default, so that the runs
-        # recorded before keep their identities (a partial run records where it stops, a
-        # compiled run its mode, an fp32 or bf16 run its precision, a CPU run that
-        # subnormals were flushed: sign methods then take no step where they took one).
-        extra = {} if t.stop_at is None else {"stop_at": t.stop_at}
-        if t.compile is not None:
-            extra["compile"] = t.compile
-        # fp32 keeps the key that allow_tf32=false wrote, so those runs keep their hash.
-        numerics = {"fp32": {"allow_tf32": False}, "bf16": {"precision": "bf16"}}
-        numerics = dict(numerics.get(self.precision, {}))
-        if self.flush_denormal:
-            numerics["flush_denormal"] = True
+        # Version 2 (records.IDENTITY_VERSION): every setting at its value, no defaults
+        # left out; stores of version 1 are moved by runner.migrate, once.
         return {
+            "identity_version": IDENTITY_VERSION,
             "profile": self.profile,
             "problem": self.problem,
             "problem_config": config,
@@ -288,9 +285,13 @@ class RunSpec:
                 "eval_max_batches": t.eval_max_batches,
                 "log_every": t.log_every,
                 "divergence_factor": t.divergence_factor,
-                **extra,
+                "stop_at": t.stop_at,  # a partial run (a probe) records where it stops
+                "compile": t.compile,
             },
-            **numerics,
+            # bf16 is not the paper's numerics; on a CPU, flushed subnormals make sign
+            # methods take no step where they took one: both change the result.
+            "precision": self.precision,
+            "flush_denormal": bool(self.flush_denormal),
         }
 
     def run_dir(self):
