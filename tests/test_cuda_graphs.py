@@ -71,7 +71,7 @@ def test_refused_on_the_cpu_with_one_line_before_any_run_folder(tmp_path):
         (["optimizer=msvag_mb"], {}, 1, "per-example gradients"),
         (["deterministic=true"], {}, 1, "deterministic=true"),
         ([], {"compile": "default"}, 1, "train.compile=default"),
-        ([], {}, 4, "parallel_seeds=4"),
+        (["problem=tolstoi_char_rnn"], {}, 4, "cannot graph a group of tolstoi_char_rnn"),
     ],
 )
 def test_refused_where_a_graph_cannot_be_had(overrides, train, parallel, words):
@@ -80,6 +80,12 @@ def test_refused_where_a_graph_cannot_be_had(overrides, train, parallel, words):
         graphs.check(spec, "cuda", parallel)
     assert "\n" not in str(err.value)
     graphs.check(planned("profile=smoke", *overrides), "cpu", parallel)  # flag off: no say
+
+
+@pytest.mark.parametrize("name", ["fmnist_2c2d", "cifar10_3c3d", "cifar100_wrn404"])
+def test_groups_of_the_image_problems_are_graphed(name):
+    graphs.check(graphed(planned(f"problem={name}")), "cuda", 4)  # no refusal
+    graphs.check(graphed(planned("problem=tolstoi_char_rnn")), "cuda", 1)  # its single runs
 
 
 def test_the_engine_refuses_a_cpu_model_and_makes_the_optimizer_capturable(tmp_path):
@@ -182,6 +188,80 @@ def test_a_restore_captures_again(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
+class _ReplayGroup:
+    def __init__(self, stacked, body, out):
+        self.stacked, self.body, self.out = stacked, body, out
+
+    def replay(self):
+        self.stacked.optimizer.zero_grad(set_to_none=True)
+        self.out.copy_(self.body())
+
+
+class CPUGraphedStacked(graphs.GraphedStacked):
+    """``GraphedStacked`` with the CUDA capture replaced, as ``CPUGraphed``."""
+
+    def _refusal(self):
+        return None
+
+    def _side_stream(self):
+        return contextlib.nullcontext()
+
+    def _record(self, body):
+        tensors = [*self.params.values(), *self.buffers.values()]
+        saved = [t.detach().clone() for t in tensors]
+        state = copy.deepcopy(self.optimizer.state_dict()["state"])
+        out = body()
+        with torch.no_grad():
+            for t, old in zip(tensors, saved, strict=True):
+                t.copy_(old)
+            for s, old in zip(self.optimizer.state.values(), state.values(), strict=True):
+                for key, value in s.items():
+                    value.copy_(old[key])
+        return _ReplayGroup(self, body, out), out
+
+
+LRS, SEEDS, FREEZE = [0.1, 0.03, 0.3], [0, 1, 2], (2, 4)  # member 2 diverges at step 4
+
+
+def _run_group(problem, cls, steps=STEPS, restore_at=None):
+    """Losses (step by step, member by member) and final stacked parameters; member 2
+    frozen from step 4 on."""
+    models = [problem.build_model(s) for s in SEEDS]
+
+    def build(params, lr):
+        return MSVAG(params, lr=lr, capturable=True)
+
+    stacked = cls(problem, models, build, LRS, SEEDS)
+    stacked.start()
+    iters = [problem.train_batches(s) for s in SEEDS]
+    alive, losses = torch.ones(len(SEEDS), dtype=torch.bool), []
+    for step in range(steps):
+        if step == restore_at:
+            stacked.restore([copy.deepcopy(stacked.capture(k)) for k in range(len(SEEDS))])
+        if step == FREEZE[1]:
+            stacked.freeze(FREEZE[0])
+            alive[FREEZE[0]] = False
+        losses += stacked.losses([next(it) for it in iters], alive).tolist()
+        stacked.step()
+    return losses, {n: p.detach().clone() for n, p in stacked.params.items()}, stacked
+
+
+@pytest.mark.parametrize("restore_at", [None, 5])
+def test_a_replayed_group_step_is_the_eager_group_step(tmp_path, restore_at):
+    problem = _problem("fmnist_2c2d", tmp_path)
+    eager_losses, eager_params, _ = _run_group(problem, engine.Stacked)
+    losses, params, stacked = _run_group(problem, CPUGraphedStacked, restore_at=restore_at)
+    assert losses == pytest.approx(eager_losses, rel=1e-6)
+    for n, p in params.items():
+        torch.testing.assert_close(p, eager_params[n], rtol=1e-5, atol=1e-7)
+    held = params[stacked.names[0]][FREEZE[0]]
+    assert torch.equal(held, stacked.frozen[FREEZE[0]][0])  # the diverged member stayed put
+    # warm-up, (the restore,) the milestone
+    assert stacked.captures == (2 if restore_at is None else 3)
+    assert stacked.captured_lrs == pytest.approx((0.01,))
+    assert stacked.capture(1)["optimizer"]["param_groups"][0]["capturable"] is False
+
+
 # --- on a GPU ---------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["fmnist_2c2d", "tolstoi_char_rnn"])
@@ -200,6 +280,20 @@ def test_a_graphed_run_matches_the_eager_run_on_cuda(name, tmp_path):
         for p, q in zip(params, eager_params, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
     assert single.captures == 2 and single.captured_lrs == pytest.approx((0.01,))
+
+
+@pytest.mark.cuda
+def test_a_graphed_group_matches_the_eager_group_on_cuda(tmp_path):
+    from dissecting_adam.runner import backend
+
+    backend.configure(device="cuda", precision="fp32", cudnn_benchmark=False)
+    problem = _problem("fmnist_2c2d", tmp_path, device="cuda")
+    eager_losses, eager_params, _ = _run_group(problem, engine.Stacked, steps=20)
+    losses, params, stacked = _run_group(problem, graphs.GraphedStacked, steps=20)
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    for n, p in params.items():
+        torch.testing.assert_close(p, eager_params[n], rtol=1e-3, atol=1e-5)
+    assert stacked.captures == 2
 
 
 @pytest.mark.cuda

@@ -1,8 +1,8 @@
 """Section 3 of the GPU check: one training step of every problem under each setting of
 ``step_settings.SETTINGS`` (the WRN-40-4 table first), each with its TFLOP/s against the
-matmul peaks measured here; whole-step CUDA graphs of P1 and P4 where the runner offers
-them; and the compiled steps last, each under its own time cap (a compile slower than its
-cap is a row that says so).
+matmul peaks measured here; whole-step CUDA graphs of P1 and P4 (and of a P1 group) where
+the runner offers them; and the compiled steps last, each under its own time cap (a compile
+slower than its cap is a row that says so).
 
 Leaves in ``ctx.shared``: ``problems``, ``data`` (real or generated), ``step`` (eager step
 times, for the projection and the recommendations), ``compiled`` (per problem and mode,
@@ -17,6 +17,7 @@ from .config import CheckConfig
 from .data import load_for_timing
 from .recommend import loss_difference
 from .sections import CapReached, Context, cap
+from .seed_parallel import together
 from .step_settings import (
     EAGER,
     SETTINGS,
@@ -26,6 +27,7 @@ from .step_settings import (
     step_flops,
     time_steps,
 )
+from .timing import evaluation_off
 
 #: P3 first: the WRN-40-4 table is the one the settings matter most for.
 ORDER = ("cifar100_wrn404", "fmnist_2c2d", "cifar10_3c3d", "tolstoi_char_rnn")
@@ -112,6 +114,26 @@ def _graphs(cfg: CheckConfig, ctx: Context, problems: dict) -> None:
                                     folder / "graph", cuda_graph=True)  # fmt: skip
         rows.append({"problem": name, "runner_ms": plain * 1e3, "graph_ms": graph * 1e3,
                      "speed_up": plain / graph})  # fmt: skip
+    _graphed_group(cfg, ctx, problems)
+
+
+def _graphed_group(cfg: CheckConfig, ctx: Context, problems: dict) -> None:
+    """P1: a group of K graphed against the same group eager, ms per member-step."""
+    name, k, steps = "fmnist_2c2d", cfg.sizes.group_members or 8, cfg.sizes.runner_steps
+    if name not in problems or ctx.out_of_time():
+        return
+    rows: list[dict] = []
+    ctx.table(f"Whole-step CUDA graph of a group (`GraphedStacked`), {name}, K = {k}, "
+              "against the same group eager, ms per member-step (the capture included)",
+              rows)  # fmt: skip
+    folder, seeds = cfg.out / "scratch" / f"graph-group-{name}", list(range(k))
+    with evaluation_off():
+        plain = together(problems[name], seeds, steps, folder / "plain", cfg.device)
+        graph = together(problems[name], seeds, steps, folder / "graph", cfg.device,
+                         cuda_graph=True)  # fmt: skip
+    per = 1e3 / (k * steps)
+    rows.append({"problem": name, "K": k, "group_ms": plain * per, "graph_ms": graph * per,
+                 "speed_up": plain / graph})  # fmt: skip
 
 
 def _compiled(cfg, ctx, problems, eager, compiled, by_setting, add) -> None:

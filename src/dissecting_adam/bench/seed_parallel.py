@@ -27,8 +27,9 @@ TARGETS = {"fmnist_2c2d": 0.25, "cifar10_3c3d": 0.25, "cifar100_wrn404": 0.9,
            "tolstoi_char_rnn": 0.25}  # fmt: skip
 
 
-def settings(steps: int) -> TrainSettings:
-    return TrainSettings(num_steps=steps, eval_every=steps, checkpoint_every=None, progress="off")
+def settings(steps: int, **extra) -> TrainSettings:
+    return TrainSettings(num_steps=steps, eval_every=steps, checkpoint_every=None, progress="off",
+                         **extra)  # fmt: skip
 
 
 def runs(folder: Path, seeds) -> list[RunDir]:
@@ -55,13 +56,14 @@ def sequential(problem, seeds, steps: int, folder: Path, device: str) -> float:
     return total
 
 
-def together(problem, seeds, steps: int, folder: Path, device: str) -> float:
-    """Seconds for one seed-parallel run of all K seeds."""
+def together(problem, seeds, steps: int, folder: Path, device: str, **extra) -> float:
+    """Seconds for one seed-parallel run of all K seeds (``extra``: TrainSettings, e.g.
+    ``cuda_graph=True``)."""
     models = [problem.build_model(seed) for seed in seeds]
     make = lambda params, lr: MSVAG(params, lr=lr)  # noqa: E731
     sync(device)
     t0 = time.perf_counter()
-    loop.train_group(problem, models, make, settings(steps), seeds, runs(folder, seeds),
+    loop.train_group(problem, models, make, settings(steps, **extra), seeds, runs(folder, seeds),
                      [1e-3] * len(seeds))  # fmt: skip
     sync(device)
     return time.perf_counter() - t0

@@ -78,6 +78,9 @@ class Problem(ABC):
     #: gives each member the loss, gradients, buffer updates, carried state and random draws
     #: of its single model on the same batch (to float tolerance; draws exactly).
     seed_parallel: bool = False
+    #: Whether a group's members draw random numbers in training (dropout) from their own
+    #: host-side streams (``MemberRNG``): a CUDA graph cannot capture those swaps.
+    group_draws: bool = False
 
     def __init__(self, config: ProblemConfig | None = None, source=None):
         """``source`` replaces the data set's description (tests use generated files)."""

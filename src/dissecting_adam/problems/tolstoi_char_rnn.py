@@ -60,6 +60,7 @@ class TolstoiCharRNN(Problem):
     name = "tolstoi_char_rnn"
     Config = TolstoiCharRNNConfig
     seed_parallel = True
+    group_draws = True  # dropout, member by member
 
     def default_source(self) -> TextSource:
         return TextSource()

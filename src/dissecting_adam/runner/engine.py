@@ -154,18 +154,28 @@ class Stacked:
         return losses
 
     def step(self) -> None:
+        self.update()
+        self.scheduler.step()
+        self.hold_frozen()
+
+    def update(self) -> None:
+        """The optimizer's step, member k's scaled to its step size lr_k / lr_0 times
+        member 0's."""
         before = None
         if self.ratios is not None:
             before = [self.params[n].detach().clone() for n in self.names]
         self.optimizer.step()
-        self.scheduler.step()
-        with torch.no_grad():
-            if before is not None:  # member k moves lr_k / lr_0 times member 0's step size
+        if before is not None:
+            with torch.no_grad():
                 for n, old in zip(self.names, before, strict=True):
                     self.params[n].sub_(old).mul_(self.ratios[n]).add_(old)
-            for k, slices in self.frozen.items():  # a diverged member stays where it stopped
-                for n, s in zip(self.names, slices, strict=True):
-                    self.params[n][k].copy_(s)
+
+    @torch.no_grad()
+    def hold_frozen(self) -> None:
+        """A diverged member stays where it stopped."""
+        for k, slices in self.frozen.items():
+            for n, s in zip(self.names, slices, strict=True):
+                self.params[n][k].copy_(s)
 
     def freeze(self, k: int) -> None:
         self.frozen[k] = [self.params[n][k].detach().clone() for n in self.names]

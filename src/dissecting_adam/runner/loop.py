@@ -234,7 +234,8 @@ def train_group(problem: Problem, models: list[torch.nn.Module], build_optimizer
                 stop: Callable[[], bool] | None = None) -> list[dict]:  # fmt: skip
     """K runs of built models as one group (``build_optimizer(params, lr)``), each resumed
     from its checkpoint if all have one of the same step (benchmarks and tests)."""
-    stacked = engines.Stacked(problem, models, build_optimizer, lrs, seeds, settings.compile)
+    stacked = (graphs.GraphedStacked if settings.cuda_graph else engines.Stacked)(
+        problem, models, build_optimizer, lrs, seeds, settings.compile)  # fmt: skip
     members = [Member(run, seed) for run, seed in zip(runs, seeds, strict=True)]
     payloads = [resume_payload(run) for run in runs]
     return train(problem, members, stacked, settings, payloads, stop)

@@ -192,9 +192,9 @@ def _engine(problem, specs: list[RunSpec]):
         return first.derive(lr=lr).optimizer.build(params)
 
     models = [problem.build_model(s.seed) for s in specs]
-    return engine.Stacked(problem, models, build, [s.optimizer.lr for s in specs],
-                          [s.seed for s in specs], first.train.compile,
-                          first.precision)  # fmt: skip
+    stacked = graphs.GraphedStacked if first.train.cuda_graph else engine.Stacked
+    return stacked(problem, models, build, [s.optimizer.lr for s in specs],
+                   [s.seed for s in specs], first.train.compile, first.precision)  # fmt: skip
 
 
 class Session:

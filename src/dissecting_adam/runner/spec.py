@@ -187,12 +187,8 @@ class LoggerSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one run is. Resolved: the values in effect, not the defaults' sources.
-
-    ``identity()`` is the part that defines the result; the rest (paths, device, speed
-    settings, ``force``, ``role``, the logger) says how this run is carried out and is
-    recorded in ``config.yaml`` and ``environment.json`` only.
-    """
+    """Everything one run is, resolved (the values in effect). ``identity()`` is what defines
+    the result; paths, device, speed settings, ``force``, ``role`` and the logger are not."""
 
     problem: str
     problem_config: ProblemConfig  # the real batch size, budget and schedule
