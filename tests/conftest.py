@@ -1,6 +1,8 @@
 """Shared test settings: deterministic, small and on the CPU unless marked ``cuda``."""
 
 import contextlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def once_per_session(tmp_path_factory, name: str, compute):
+    """``compute()`` (JSON-ready) once per test session: pytest-xdist's processes share it
+    through a file in the session's temporary folder, the first computing it under a lock
+    and the others reading it (an expensive module fixture otherwise runs in each)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return compute()
+    from filelock import FileLock  # a dependency of torch
+
+    shared = tmp_path_factory.getbasetemp().parent / f"{name}.json"  # this session's
+    with FileLock(f"{shared}.lock"):
+        if shared.is_file():
+            return json.loads(shared.read_text())
+        out = compute()
+        shared.write_text(json.dumps(out))
+        return out
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import once_per_session
 
 from dissecting_adam.bench import report
 from dissecting_adam.bench.check_measure import pytest_counts
@@ -40,15 +41,24 @@ def strict_json(text: str):
 # --- the CPU self-check, end to end ---------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_check(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--budget-s", "200",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=480,
-    )  # fmt: skip
-    return proc, out, time.perf_counter() - t0
+    """The CPU self-check's process and report folder, run once per test session."""
+
+    def run() -> dict:
+        out = tmp_path_factory.mktemp("gpu_check")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--budget-s", "200",
+             "--out", str(out)],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=480,
+        )  # fmt: skip
+        took = time.perf_counter() - t0
+        return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+                "out": str(out), "took": took}  # fmt: skip
+
+    r = once_per_session(tmp_path_factory, "gpu_check_tiny", run)
+    proc = SimpleNamespace(returncode=r["returncode"], stdout=r["stdout"], stderr=r["stderr"])
+    return proc, Path(r["out"]), r["took"]
 
 
 def test_tiny_check_writes_both_reports(tiny_check):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import once_per_session
 
 from dissecting_adam.optim import MSVAG, _fused
 
@@ -132,12 +133,7 @@ def _child(methods: list[str]) -> dict:
 # --------------------------------------------------------------------------- the tests
 
 
-@pytest.fixture(scope="module")
-def cases() -> dict:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pytest.skip("triton is not installed")
+def _interpreted_cases() -> dict:
     here = Path(__file__).resolve().parent
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(here)}
     halves = [",".join(METHODS[i::2]) for i in range(2)]  # two children: the two cores
@@ -152,6 +148,16 @@ def cases() -> dict:
         assert child.returncode == 0, stderr[-3000:]
         out.update(json.loads(stdout.strip().splitlines()[-1]))
     return out
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict:
+    """The interpreted kernels' results, computed once per test session."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("triton is not installed")
+    return once_per_session(tmp_path_factory, "triton_cases", _interpreted_cases)
 
 
 @pytest.mark.parametrize("method", METHODS)
