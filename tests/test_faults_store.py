@@ -274,3 +274,33 @@ def test_an_interrupted_reproduction_says_one_line_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     sessions = json.loads(env_file.read_text())["sessions"]
     assert sessions[-1]["status"] == "completed" and sessions[-1]["resumed"]
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("before", ["handler", "default"])
+def test_a_sigterm_after_the_last_step_is_passed_on_not_lost(tmp_path, monkeypatch, before):
+    """Case: the GPU check's reproduction got SIGTERM while its last replicate finished;
+    the signal was swallowed, outputs went on and the process was killed (-9)."""
+    real = RunDir.write_summary
+
+    def finish_then_signal(self, summary):  # after the loop's last look at stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, summary)
+
+    def handler(signum, frame):
+        raise _Stopped
+
+    monkeypatch.setattr(RunDir, "write_summary", finish_then_signal)
+    previous = signal.signal(signal.SIGTERM, handler if before == "handler" else signal.SIG_DFL)
+    try:
+        with pytest.raises(_Stopped if before == "handler" else session.Interrupted):
+            session.execute(spec_for(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    (summary,) = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
+    assert summary["status"] == "completed"  # recorded first, then passed on
+    assert session.execute(spec_for(tmp_path))["skipped"]

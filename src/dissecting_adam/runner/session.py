@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -35,6 +33,7 @@ from .environment import environment
 from .loggers import make_logger
 from .loop import Interrupted
 from .spec import ConfigError, RunSpec
+from .stopping import stop_on_sigterm
 from .store import RunDir
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ class Session:
                 resumed = run.checkpoint_file.exists() or run.previous_checkpoint_file.exists()
                 run.add_session({**self.record, "resumed": resumed})
             self.t0 = time.perf_counter()
-            self.stop = self._stack.enter_context(_stop_on_sigterm())
+            self.stop = self._stack.enter_context(stop_on_sigterm())
         except BaseException:
             self._stack.close()
             raise
@@ -290,39 +289,6 @@ class Session:
             files.remove_leftovers(run.path)
         for logger, run in zip(self.loggers, self.runs, strict=False):
             logger.finish(run.summary() or {"status": status})
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    """Yield a ``stop()`` poll that turns True after SIGTERM (main thread only).
-
-    Also after SIGUSR2 when the process already has a handler for it: submitit's, which it
-    sends ahead of a SLURM time limit to requeue the job and exit. That handler is passed
-    the signal on leaving, once the run has checkpointed and recorded ``interrupted``;
-    called at once it would end the process in the middle of a step.
-    """
-    received = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def note(signum, frame):
-        received.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, note)
-    usr2 = getattr(signal, "SIGUSR2", None)
-    scheduler = signal.getsignal(usr2) if usr2 is not None else None
-    chained = callable(scheduler)
-    if chained:
-        signal.signal(usr2, note)
-    try:
-        yield lambda: bool(received)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if chained:
-            signal.signal(usr2, scheduler)
-            if usr2 in received:
-                scheduler(usr2, None)
 
 
 def now_utc() -> str:
