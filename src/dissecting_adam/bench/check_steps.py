@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..protocol.batching import AUTO_MEMBERS
 from .config import CheckConfig
 from .data import load_for_timing
 from .recommend import loss_difference
@@ -119,7 +120,8 @@ def _graphs(cfg: CheckConfig, ctx: Context, problems: dict) -> None:
 
 def _graphed_group(cfg: CheckConfig, ctx: Context, problems: dict) -> None:
     """P1: a group of K graphed against the same group eager, ms per member-step."""
-    name, k, steps = "fmnist_2c2d", cfg.sizes.group_members or 8, cfg.sizes.runner_steps
+    # The driver's group size on CUDA, unless the check's sizes set one.
+    name, k, steps = "fmnist_2c2d", cfg.sizes.group_members or AUTO_MEMBERS, cfg.sizes.runner_steps
     if name not in problems or ctx.out_of_time():
         return
     rows: list[dict] = []

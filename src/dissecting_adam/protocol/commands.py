@@ -131,11 +131,12 @@ def migrate_store(root: Path, quiet: bool = False) -> int:
             print(f"{root}: no results store here; nothing to migrate")
         return 0
     done = migrate.migrate(root)
-    first, *rest = done.lines()
     if done.moved or done.skipped or not quiet:
-        print(f"{root}: {first}")
-        for line in rest:
-            print(line, file=sys.stderr if line.startswith("  skipped") else sys.stdout)
+        print(f"{root}: {done.headline()}")
+        for old, new in done.moved:
+            print(f"  {old} -> {new.name}")
+        for line in done.skipped:
+            print(f"  skipped {line}", file=sys.stderr)
     return 1 if done.skipped else 0
 
 

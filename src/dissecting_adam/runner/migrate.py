@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import CorruptRecord, ResultsError, RunLock, RunLocked, atomic_write_json
-from .records import config_hash, identity_version, read_identity, upgrade_identity
+from .records import config_hash, identity_version, read_identity, run_leaf, upgrade_identity
+from .store import run_dirs
 
 OLD_IDENTITY = "identity.v1.json"
 
@@ -34,19 +35,12 @@ class Migration:
     current: int = 0  # already in the current format and folder
     skipped: list[str] = field(default_factory=list)  # one line each: the folder and why
 
-    def lines(self) -> list[str]:
-        out = [f"{len(self.moved)} run(s) migrated, {self.current} already current"]
-        out += [f"  {a} -> {b.name}" for a, b in self.moved]
-        out += [f"  skipped {line}" for line in self.skipped]
-        return out
-
-
-def _leaf(identity: dict) -> str:
-    return f"seed={identity['seed']}-{config_hash(identity)}"
+    def headline(self) -> str:
+        return f"{len(self.moved)} run(s) migrated, {self.current} already current"
 
 
 def _folders(root: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(root).rglob("identity.json"))
+    return [run.path for run in run_dirs(root)]
 
 
 def _needs_work(folder: Path) -> bool | None:
@@ -57,7 +51,7 @@ def _needs_work(folder: Path) -> bool | None:
         return None
     if identity_version(stored) == 1:
         return True
-    return folder.name != _leaf({k: v for k, v in stored.items() if k != "config_hash"})
+    return folder.name != run_leaf({k: v for k, v in stored.items() if k != "config_hash"})
 
 
 def unmigrated(root: Path) -> list[Path]:
@@ -66,7 +60,8 @@ def unmigrated(root: Path) -> list[Path]:
 
 
 def _migrate_one(folder: Path) -> Path:
-    """The folder's new path, after rewriting its identity and renaming it."""
+    """The folder's new path, after rewriting its identity and renaming it (the identity
+    read again under the run lock: it may have changed since ``_needs_work`` looked)."""
     stored = read_identity(folder / "identity.json")
     if identity_version(stored) == 1:
         new = upgrade_identity(stored)
@@ -74,7 +69,7 @@ def _migrate_one(folder: Path) -> Path:
         atomic_write_json(folder / "identity.json", {**new, "config_hash": config_hash(new)})
     else:
         new = {k: v for k, v in stored.items() if k != "config_hash"}
-    target = folder.with_name(_leaf(new))
+    target = folder.with_name(run_leaf(new))
     if target != folder:
         if target.exists():
             raise ResultsError(

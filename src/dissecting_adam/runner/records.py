@@ -17,6 +17,12 @@ def config_hash(identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def run_leaf(identity: dict) -> str:
+    """A run folder's name: ``seed=<seed>-<hash>`` (the hash of ``identity``, without its
+    stored ``config_hash``)."""
+    return f"seed={identity['seed']}-{config_hash(identity)}"
+
+
 def format_lr(lr: float) -> str:
     """A readable, lossless-enough folder label: 0.3 -> '0.3', 3e-05 -> '3e-05'."""
     return format(float(lr), ".6g")

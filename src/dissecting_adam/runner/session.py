@@ -61,6 +61,8 @@ def execute_seeds(specs: Sequence[RunSpec], parallel_seeds: int = 1) -> list[dic
     check_device(specs[0].device)
     graphs.check(specs[0], resolve_device(specs[0].device), parallel_seeds)
     files.check_writable(Path(specs[0].results_root))
+    # Once per call, before anything is looked up: else an old record would train again.
+    migrate.refuse_unmigrated({spec.run_dir().path.parent for spec in specs})
     out: dict[int, dict] = {}
     todo = []
     for i, spec in enumerate(specs):
@@ -93,7 +95,6 @@ def check_group(specs: Sequence[RunSpec]) -> None:
 def _already_finished(spec: RunSpec) -> dict | None:
     """The summary of a finished, verified record of ``spec`` (as returned), or None."""
     run = spec.run_dir()
-    migrate.refuse_unmigrated([run.path.parent])  # else an old record would train again
     summary = None if spec.force else run.finished(spec.identity())
     if summary is None:
         return None

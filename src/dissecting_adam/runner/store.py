@@ -52,10 +52,17 @@ from .records import (  # noqa: F401 - config_hash, format_lr: read through stor
     format_lr,
     metrics_digest,
     read_identity,
+    run_leaf,
     same_identity,
 )
 
 log = logging.getLogger(__name__)
+
+
+def run_dirs(root: Path) -> list[RunDir]:
+    """Every run folder under ``root`` (those holding an identity.json), sorted by path."""
+    return [RunDir(p.parent) for p in sorted(Path(root).rglob("identity.json"))]
+
 
 #: Run statuses that mean "finished": a rerun of the same config returns at once.
 FINISHED = ("completed", "diverged")
@@ -70,7 +77,7 @@ class RunDir:
     @classmethod
     def for_identity(cls, root: Path, identity: dict) -> RunDir:
         """``<root>/<profile>/<problem>/<optimizer>/lr=<lr>/seed=<seed>-<hash>``."""
-        leaf = f"seed={identity['seed']}-{config_hash(identity)}"
+        leaf = run_leaf(identity)
         lr = format_lr(identity["optimizer_kwargs"]["lr"])
         parts = (identity["profile"], identity["problem"], identity["optimizer"], f"lr={lr}")
         return cls(Path(root).joinpath(*parts, leaf))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .files import CorruptRecord, atomic_write
 from .records import precision_of
-from .store import FINISHED, RunDir, read_identity
+from .store import FINISHED, read_identity, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ COLUMNS = [
     "status",
     "config_hash",
 ]
-
-
-def run_dirs(root: Path) -> list[RunDir]:
-    """Every run folder under ``root`` (those holding an identity.json), sorted by path."""
-    return [RunDir(p.parent) for p in sorted(Path(root).rglob("identity.json"))]
 
 
 def collect(root: Path):
