@@ -112,7 +112,9 @@ def test_the_lstm_is_counted_as_its_matmuls(tmp_path):
 
 
 def test_settings_and_cuda_graphs():
-    assert [s.precision for s in SETTINGS.values()].count("bf16") == 1
+    bf16 = [name for name, s in SETTINGS.items() if s.precision == "bf16"]
+    assert bf16 == ["channels_last+bf16", "fused_bn_relu+bf16"]  # the names say bf16
+    assert all(s.fused_bn_relu == name.startswith("fused") for name, s in SETTINGS.items())
     assert SETTINGS["compile"].compile == "default" and SETTINGS["compile"].cudnn_benchmark
     assert "need a CUDA device" in cuda_graph_support("cpu")
 

@@ -129,9 +129,13 @@ def test_tiny_check_times_every_setting_and_names_the_machine(tiny_check):
     _, out, _ = tiny_check
     doc = strict_json((out / "report.json").read_text())
     rows = _rows(doc, "problem_step", 1)
-    wrn = {r["setting"]: r for r in rows if r["problem"] == "cifar100_wrn404"}
+    wrn_name = "cifar100_wrn404"
+    wrn = {r["setting"]: r for r in rows if r["problem"] == wrn_name}
     assert set(wrn) >= {"eager", "cudnn_benchmark", "channels_last", "channels_last+bf16"}
     assert wrn["channels_last+bf16"]["precision"] == "bf16"
+    for fused in ("fused_bn_relu", "fused_bn_relu+bf16"):  # Triton: CUDA only, said so
+        assert wrn[fused]["status"] == "skipped: its Triton kernels need a CUDA device, not cpu"
+    assert not any(r["setting"].startswith("fused") for r in rows if r["problem"] != wrn_name)
     # FLOPs counted once and scaled: WRN-40-4 at batch 128 is 997 GFLOP, so 7.8 per example
     assert wrn["eager"]["gflop_per_step"] == pytest.approx(997.0 / 64, rel=0.01)
     for sec in doc["sections"]:

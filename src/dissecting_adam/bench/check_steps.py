@@ -27,6 +27,7 @@ from .step_settings import (
     runner_step_seconds,
     step_flops,
     time_steps,
+    unsupported,
 )
 from .timing import evaluation_off
 
@@ -88,6 +89,11 @@ def steps_section(cfg: CheckConfig, ctx: Context) -> None:
         for setting in EAGER:
             if ctx.out_of_time():
                 return
+            why = unsupported(problem, SETTINGS[setting], device)
+            if why is not None:
+                if hasattr(problem.config, "fused_bn_relu"):  # one of its settings: say why
+                    add(name, setting, None, f"skipped: {why}")
+                continue
             t = time_steps(problem, device, SETTINGS[setting], s.steps, s.warmup,
                            deadline=ctx.deadline)  # fmt: skip
             by_setting.setdefault(name, {})[setting] = t["step"]

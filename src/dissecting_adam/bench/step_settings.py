@@ -4,7 +4,9 @@ with its TFLOP/s against a matmul peak measured in the same run.
 ``SETTINGS`` build on each other as a run would turn them on: ``eager`` (cuDNN autotuning
 off, float32 with TF32 where the session allows it), ``cudnn_benchmark``, ``channels_last``
 (model and images in NHWC; a no-op without 4-D inputs, P4), ``channels_last+bf16``
-(``torch.autocast`` to bfloat16 around the loss) and ``compile`` (``runner.backend
+(``torch.autocast`` to bfloat16 around the loss), ``fused_bn_relu`` and
+``fused_bn_relu+bf16`` (those two with each batch norm and its ReLU as Triton kernels,
+``problems/models/bn_relu.py``: WRN-40-4 only, on CUDA) and ``compile`` (``runner.backend
 .compile_model``, cuDNN autotuning on). Steps are timed in blocks without a sync inside, as
 the runner trains, after a warm-up; the result is the median block's time per step.
 
@@ -18,6 +20,7 @@ matmul of each precision.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 import warnings
@@ -39,6 +42,7 @@ class Setting:
     channels_last: bool = False
     bf16: bool = False
     compile: str | None = None
+    fused_bn_relu: bool = False
 
     @property
     def precision(self) -> str:
@@ -50,9 +54,32 @@ SETTINGS = {
     "cudnn_benchmark": Setting(cudnn_benchmark=True),
     "channels_last": Setting(cudnn_benchmark=True, channels_last=True),
     "channels_last+bf16": Setting(cudnn_benchmark=True, channels_last=True, bf16=True),
+    "fused_bn_relu": Setting(cudnn_benchmark=True, channels_last=True, fused_bn_relu=True),
+    "fused_bn_relu+bf16": Setting(
+        cudnn_benchmark=True, channels_last=True, bf16=True, fused_bn_relu=True
+    ),  # fmt: skip
     "compile": Setting(cudnn_benchmark=True, compile="default"),
 }
 EAGER = tuple(name for name, s in SETTINGS.items() if s.compile is None)
+
+
+def unsupported(problem, setting: Setting, device: str) -> str | None:
+    """Why ``setting`` cannot be timed for ``problem`` on ``device`` (None: it can)."""
+    if not setting.fused_bn_relu:
+        return None
+    if not hasattr(problem.config, "fused_bn_relu"):
+        return f"{problem.name} has no batch norm"
+    from ..problems.models.bn_relu import kernels_available
+
+    return kernels_available(device)
+
+
+def build_model(problem, setting: Setting):
+    """The problem's model for seed 0, its batch norms fused with their ReLUs if asked."""
+    if setting.fused_bn_relu:
+        problem = copy.copy(problem)  # the same data, another model
+        problem.config = dataclasses.replace(problem.config, fused_bn_relu=True)
+    return problem.build_model(0)
 
 
 def gemm_peak(device: str, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
@@ -97,7 +124,7 @@ def time_steps(problem, device: str, setting: Setting, steps: int, warmup: int, 
     ``compile_s`` (compiled only), ``measured`` (steps timed) and ``peak_memory_mib``."""
     torch.manual_seed(0)
     reset_peak_memory(device)
-    model = problem.build_model(0)
+    model = build_model(problem, setting)
     if setting.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if setting.compile is not None:

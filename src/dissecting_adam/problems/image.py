@@ -7,7 +7,8 @@ from the paper's supplement as recalled and are config values for that reason.
 the input batches in NHWC memory order, the layout cuDNN's fastest convolutions (tensor
 cores) read. It changes no value, only which kernels run (and so float rounding, as
 cuDNN's algorithm choice does); like ``eval_batch_size`` it is not part of a run's
-identity.
+identity. So is P3's ``fused_bn_relu`` (each batch norm and the ReLU after it in fused
+Triton kernels, CUDA only): the same function, its sums taken in another order.
 """
 
 from __future__ import annotations
@@ -225,6 +226,13 @@ class CIFAR100WRN404Config(CIFARConfig):
     lr_gamma: float = 0.2  # [S?]
     weight_decay: float = 5e-4
     eval_batch_size: int = 500
+    #: Each batch norm and its ReLU as fused Triton kernels (CUDA only; ``bn_relu.py``).
+    fused_bn_relu: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.fused_bn_relu, bool):
+            raise ValueError(f"fused_bn_relu must be true or false, got {self.fused_bn_relu!r}")
 
 
 class CIFAR100WRN404(CIFARProblem):
@@ -245,4 +253,4 @@ class CIFAR100WRN404(CIFARProblem):
         return synthetic.write_cifar(folder, "cifar-100", n_train=max(16, min_train), n_test=8)
 
     def make_model(self) -> nn.Module:
-        return WideResNet(40, 4, self.source.num_classes)
+        return WideResNet(40, 4, self.source.num_classes, self.config.fused_bn_relu)

@@ -218,6 +218,8 @@ def check_capabilities(spec: RunSpec, parallel_seeds: int = 1) -> None:
             "training mode mixes the examples of a mini-batch). Use optimizer=msvag or "
             "optimizer=svag (moving-average variance) on this problem."
         )
+    if getattr(spec.problem_config, "fused_bn_relu", False):
+        _check_fused_bn_relu(spec)
     if parallel_seeds == 1:
         return
     k = parallel_seeds
@@ -232,6 +234,25 @@ def check_capabilities(spec: RunSpec, parallel_seeds: int = 1) -> None:
         raise ConfigError(
             f"parallel_seeds={k} does not support optimizer={method.name} (per-example "
             "gradients of K stacked networks); use parallel_seeds=1"
+        )
+
+
+def _check_fused_bn_relu(spec: RunSpec) -> None:
+    from ..problems.models.bn_relu import kernels_available
+
+    if spec.train.compile is not None:
+        raise ConfigError(
+            f"problem.fused_bn_relu=true and train.compile={spec.train.compile} both fuse "
+            "batch norm and ReLU; use one of them (problem.fused_bn_relu=false or "
+            "train.compile=false)"
+        )
+    device = spec.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    why = kernels_available(device)
+    if why is not None:
+        raise ConfigError(
+            f"problem.fused_bn_relu=true: {why}; use problem.fused_bn_relu=false here"
         )
 
 

@@ -138,6 +138,7 @@ def _train_group(specs: list[RunSpec]) -> list[dict]:
              PRECISION_HEADER[first.precision])  # fmt: skip
     with problem_for(first, device) as problem:
         settings["channels_last"] = bool(getattr(problem, "channels_last", False))
+        settings["fused_bn_relu"] = bool(getattr(problem.config, "fused_bn_relu", False))
         # Prepares and checks the data files (a DataError here leaves no run folder).
         fingerprint = problem.data_fingerprint()
         with Session(specs, device, fingerprint, settings) as session:

@@ -30,8 +30,11 @@ class ConfigError(ValueError):
     """Bad input in a run's config; the message names the setting and the fix."""
 
 
-#: Problem settings that do not change a run's result (paths, device, memory use).
-NOT_IDENTITY = ("data_root", "mirror", "device", "eval_batch_size", "channels_last")
+#: Problem settings that do not change a run's result (paths, device, memory use, which
+#: kernels compute the same function: their float rounding differs, as cuDNN's choices do).
+NOT_IDENTITY = (
+    "data_root", "mirror", "device", "eval_batch_size", "channels_last", "fused_bn_relu",
+)  # fmt: skip
 
 
 #: ``train.compile`` modes (torch.compile's); None: eager.
