@@ -3,8 +3,9 @@
 As in test_triton_kernels.py, the kernels run on the CPU only under ``TRITON_INTERPRET=1``
 set before triton is imported: one child python (this file run as a script) computes every
 case and prints the measured differences as JSON, once per test session; each test asserts
-one case. Tiles are shrunk (8 x 2 rows x channels in NCHW, 4 x 4 in NHWC) so that small
-tensors have several tiles and ragged edges in both directions. The reference runs in
+one case. Tiles are shrunk (8 x 2 rows x channels in NCHW, 4 x 4 in NHWC; the finishing
+kernels read 2 tiles of 2 channels at a time) so that small tensors have several tiles and
+ragged edges in both directions. The reference runs in
 float64 on the same float32 values. The settings' checks (device, compile, identity,
 state-dict keys) need no kernels and run here.
 """
@@ -155,23 +156,31 @@ def _wrn_case(steps: int = 3) -> dict:
 def _offset_case() -> dict:
     """Mean 1e3, standard deviation 1e-2: the variance from tile means and squared
     deviations (Chan's merge), where E[x^2] - E[x]^2 in float32 would lose every digit."""
-    from dissecting_adam.problems.models import _bn_relu_triton as kern
+    from dissecting_adam.problems.models.bn_relu import _BNReLU
 
     gen = torch.Generator().manual_seed(4)
     x = (1e3 + 1e-2 * torch.randn(1, 6, 3, 10, 10, generator=gen)).float()
-    mean, var = kern.stats(x)
+    ones, zeros = torch.ones(1, 3), torch.zeros(1, 3)
+    # Momentum 1: the batch's statistics; the running mean a strided view, which the
+    # kernels update in a contiguous copy that is written back.
+    running_mean, running_var = torch.zeros(1, 6)[:, ::2], zeros.clone()
+    _, channel = _BNReLU.apply(x, ones, zeros, running_mean, running_var, 0.0, 1.0)
+    mean, m = channel[0], x[0, :, 0].numel()
+    var = running_var.double() * (m - 1) / m
     ref = x.double().var(dim=(1, 3, 4), unbiased=False)
     naive = (x.square().mean(dim=(1, 3, 4)) - x.mean(dim=(1, 3, 4)).square()).double()
     return {"var": float(((var.double() - ref).abs() / ref).max()),
             "naive": float(((naive - ref).abs() / ref).max()),
-            "mean": _err(mean, x.double().mean(dim=(1, 3, 4)))}  # fmt: skip
+            "mean": _err(mean, x.double().mean(dim=(1, 3, 4))),
+            "running_mean": _err(running_mean, mean)}  # fmt: skip
 
 
 def _child() -> dict:
     from dissecting_adam.problems.models import _bn_relu_triton as kern
 
-    real_tiles = dict(kern.TILES)
+    real_tiles, real_finish = dict(kern.TILES), kern.FINISH
     kern.TILES.update(nchw=(8, 2), nhwc=(4, 4))
+    kern.FINISH = (2, 2)  # the finishing kernels loop over tiles, and mask channels
     res = {}
     for layout in ("nchw", "nhwc"):
         for dtype in (torch.float32, torch.bfloat16):
@@ -179,6 +188,7 @@ def _child() -> dict:
     res["relu_off"] = _module_case("nchw", torch.float32, offset=-0.4, spread=0.5)
     res["group"] = _group_case()
     kern.TILES.update(real_tiles)
+    kern.FINISH = real_finish
     res["wrn"] = _wrn_case()
     res["offset"] = _offset_case()
     return res
@@ -253,6 +263,7 @@ def test_variance_of_offset_data(cases):
     case = cases["offset"]
     assert case["var"] <= 1e-3, case  # 4 digits where the one-pass formula keeps none
     assert case["naive"] > 0.5, case
+    assert case["mean"] <= 1e-3 and case["running_mean"] == 0.0, case
 
 
 # --- settings: no kernels needed ------------------------------------------------------

@@ -10,15 +10,27 @@ copy (H and W must collapse: stride(H) = W * stride(W), true for both layouts). 
 owns a tile of BLOCK_R rows by BLOCK_C channels, shaped so that its loads are contiguous:
 long along rows in NCHW, wide along channels in NHWC.
 
-- ``stats``: per tile and channel the mean and the sum of squared deviations from it; the
-  tiles are merged on the device by Chan's formula (exact in exact arithmetic, and without
-  the cancellation of a sum of squares).
-- ``forward``: y = max(x * scale + shift, 0), scale = weight / sqrt(var + eps), shift =
-  bias - mean * scale; NaN stays NaN, as in ``torch.relu``.
-- ``backward_sums``: per channel sum(g) and sum(g * xhat), with g = dy where x * scale +
-  shift > 0 (the forward's test, recomputed from x: y is not kept) and xhat = (x - mean) *
-  invstd; they are the gradients of bias and weight.
-- ``backward_dx``: dx = weight * invstd * (g - sum(g) / M - xhat * sum(g * xhat) / M).
+Forward, three launches (``forward``):
+
+- statistics: per tile and channel the mean and the sum of squared deviations from it;
+- a per-channel finish: the tiles merged by Chan's formula (exact in exact arithmetic, and
+  without the cancellation of a sum of squares), invstd = 1 / sqrt(var + eps), scale =
+  weight * invstd, shift = bias - mean * scale, and the running statistics updated in
+  place as ``nn.BatchNorm2d`` updates them (momentum; the unbiased variance);
+- y = max(x * scale + shift, 0); NaN stays NaN, as in ``torch.relu``.
+
+Backward, three launches (``backward``):
+
+- per tile and channel sum(g) and sum(g * xhat), with g = dy where x * scale + shift > 0
+  (the forward's test on the forward's scale and shift, recomputed from x: y is not kept)
+  and xhat = (x - mean) * invstd;
+- a per-channel finish: the sums over tiles, which are the gradients of bias and weight,
+  and the coefficients of dx;
+- dx = weight * invstd * (g - sum(g) / M - xhat * sum(g * xhat) / M).
+
+Everything per channel happens in the finishing kernels, not in PyTorch operations: a
+layer costs six launches, not thirty, where launches (WRN-40-4 has 37 such layers) would
+otherwise cost more than the memory traffic saved.
 
 Values are read in their dtype (float32, bfloat16, float16), computed in float32 and written
 in the input's dtype. Nothing is synchronised with the host, so a step with these kernels
@@ -36,6 +48,8 @@ from torch import Tensor
 
 #: (BLOCK_R, BLOCK_C) per layout; the tests shrink them to cover the tile edges.
 TILES = {"nchw": (256, 4), "nhwc": (64, 32)}
+#: (BLOCK_P, BLOCK_C) of the finishing kernels: tiles read per piece, channels per program.
+FINISH = (64, 32)
 
 
 @triton.jit
@@ -126,6 +140,69 @@ def _backward_dx_kernel(x_ptr, dy_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr, i
              mask=mask)  # fmt: skip
 
 
+@triton.jit
+def _finish_stats_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, rmean_ptr, rvar_ptr,
+                         out_ptr, P, KC, M, rows, last, eps, momentum, unbias,
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """out (4, KC): mean, invstd, scale, shift; running statistics updated in place."""
+    cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < KC
+    total = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        n = tl.where(p == P - 1, last, rows)
+        mask = (p < P)[:, None] & cmask[None, :]
+        part = tl.load(mean_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
+        total += tl.sum(part * n[:, None], axis=0)
+    mean = total / M
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        n = tl.where(p == P - 1, last, rows)
+        mask = (p < P)[:, None] & cmask[None, :]
+        part = tl.load(mean_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
+        dev = tl.where(mask, part - mean[None, :], 0.0)
+        own = tl.load(m2_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
+        m2 += tl.sum(own + dev * dev * n[:, None], axis=0)
+    var = m2 / M
+    invstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    weight = tl.load(weight_ptr + cc, mask=cmask, other=0.0)
+    bias = tl.load(bias_ptr + cc, mask=cmask, other=0.0)
+    scale = weight * invstd
+    shift = bias - mean * scale
+    tl.store(out_ptr + cc, mean, mask=cmask)
+    tl.store(out_ptr + KC + cc, invstd, mask=cmask)
+    tl.store(out_ptr + 2 * KC + cc, scale, mask=cmask)
+    tl.store(out_ptr + 3 * KC + cc, shift, mask=cmask)
+    rmean = tl.load(rmean_ptr + cc, mask=cmask, other=0.0)
+    rvar = tl.load(rvar_ptr + cc, mask=cmask, other=0.0)
+    tl.store(rmean_ptr + cc, (1.0 - momentum) * rmean + momentum * mean, mask=cmask)
+    tl.store(rvar_ptr + cc, (1.0 - momentum) * rvar + momentum * (var * unbias), mask=cmask)
+
+
+@triton.jit
+def _finish_grad_kernel(sg_ptr, sgx_ptr, weight_ptr, invstd_ptr, dweight_ptr, dbias_ptr,
+                        coef_ptr, P, KC, M,
+                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """The gradients of weight and bias, and coef (3, KC): the a, b, c of dx."""
+    cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < KC
+    sg = tl.zeros((BLOCK_C,), tl.float32)
+    sgx = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = (p < P)[:, None] & cmask[None, :]
+        sg += tl.sum(tl.load(sg_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0), 0)
+        sgx += tl.sum(tl.load(sgx_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0), 0)
+    weight = tl.load(weight_ptr + cc, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + cc, mask=cmask, other=0.0)
+    tl.store(dweight_ptr + cc, sgx, mask=cmask)
+    tl.store(dbias_ptr + cc, sg, mask=cmask)
+    tl.store(coef_ptr + cc, weight * invstd, mask=cmask)
+    tl.store(coef_ptr + KC + cc, sg / M, mask=cmask)
+    tl.store(coef_ptr + 2 * KC + cc, sgx / M, mask=cmask)
+
+
 # --------------------------------------------------------------------------- host side
 
 
@@ -148,55 +225,55 @@ def _grid(x: Tensor) -> tuple[int, int, int, int, tuple, tuple[int, int]]:
     return m, h * w, k * c, c, st, (block_r, block_c)
 
 
-def stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per (member, channel) mean and biased variance of x (K, N, C, H, W), float32 (K, C)."""
+def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+            running_var: Tensor, eps: float, momentum: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """y = relu(batch_norm(x)) in training mode, in x's dtype and memory order, and the
+    per-channel (4, K, C) float32 mean, invstd, scale and shift; x is (K, N, C, H, W) and
+    weight, bias and the running statistics (K, C) float32, the latter updated in place."""
     m, s, kc, c, st, (br, bc) = _grid(x)
     tiles = triton.cdiv(m, br)
     part_mean = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    _stats_kernel[(tiles, triton.cdiv(kc, bc))](x, part_mean, part_m2, m, s, kc, c, *st,
-                                               BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
-    # Chan et al.'s merge; every tile holds br rows but the last (python numbers only, so
-    # that a CUDA graph can capture it).
-    last = m - (tiles - 1) * br
-    full_mean, last_mean = part_mean[:-1], part_mean[-1]
-    mean = (full_mean.sum(0) * br + last_mean * last) / m
-    m2 = (part_m2.sum(0) + ((full_mean - mean) ** 2).sum(0) * br
-          + (last_mean - mean) ** 2 * last)  # fmt: skip
-    shape = x.shape[0], x.shape[2]
-    return mean.view(shape), (m2 / m).view(shape)
-
-
-def forward(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """max(x * scale + shift, 0) per channel, in x's dtype and memory order."""
+    grid = (tiles, triton.cdiv(kc, bc))
+    _stats_kernel[grid](x, part_mean, part_m2, m, s, kc, c, *st, BLOCK_R=br, BLOCK_C=bc)
+    channel = torch.empty(4, *weight.shape, device=x.device, dtype=torch.float32)
+    fp, fc = FINISH
+    _finish_stats_kernel[(triton.cdiv(kc, fc),)](
+        part_mean, part_m2, weight, bias, running_mean, running_var, channel, tiles, kc,
+        float(m), float(br), float(m - (tiles - 1) * br), eps, momentum, m / (m - 1),
+        BLOCK_P=fp, BLOCK_C=fc,
+    )  # fmt: skip
     y = torch.empty_like(x)
     if strides(y) is None:
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    m, s, kc, c, st, (br, bc) = _grid(x)
-    grid = (triton.cdiv(m, br), triton.cdiv(kc, bc))
-    _forward_kernel[grid](x, y, scale, shift, m, s, kc, c, *st, *strides(y),
+    _forward_kernel[grid](x, y, channel[2], channel[3], m, s, kc, c, *st, *strides(y),
                           BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
-    return y
+    return y, channel
 
 
-def backward(dy: Tensor, x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, mean: Tensor,
-             invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """dx, and the gradients of weight and bias (K, C), of y = relu(bn(x))."""
+def backward(dy: Tensor, x: Tensor, weight: Tensor, channel: Tensor
+             ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """dx, and the gradients of weight and bias (K, C), of y = relu(batch_norm(x)), given
+    ``forward``'s per-channel values."""
     dy = laid_out(dy)
     m, s, kc, c, st, (br, bc) = _grid(x)
     tiles = triton.cdiv(m, br)
     grid = (tiles, triton.cdiv(kc, bc))
     part_g = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    per_channel = [t.reshape(-1) for t in (scale, shift, mean, invstd)]
-    _backward_sums_kernel[grid](x, dy, *per_channel, part_g, part_gx, m, s, kc, c, *st,
-                                *strides(dy), BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
-    sum_g, sum_gx = part_g.sum(0), part_gx.sum(0)
-    a = (weight.reshape(-1) * per_channel[3]).float()
+    mean, invstd, scale, shift = channel
+    _backward_sums_kernel[grid](x, dy, scale, shift, mean, invstd, part_g, part_gx, m, s, kc,
+                                c, *st, *strides(dy), BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
+    dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
+    coef = torch.empty(3, kc, device=x.device, dtype=torch.float32)
+    fp, fc = FINISH
+    _finish_grad_kernel[(triton.cdiv(kc, fc),)](part_g, part_gx, weight, invstd, dweight, dbias,
+                                                coef, tiles, kc, float(m), BLOCK_P=fp,
+                                                BLOCK_C=fc)  # fmt: skip
     dx = torch.empty_like(x)
     if strides(dx) is None:
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _backward_dx_kernel[grid](x, dy, dx, *per_channel, a, sum_g / m, sum_gx / m, m, s, kc, c,
-                              *st, *strides(dy), *strides(dx), BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
-    shape = weight.shape
-    return dx, sum_gx.view(shape).to(weight.dtype), sum_g.view(shape).to(weight.dtype)
+    _backward_dx_kernel[grid](x, dy, dx, scale, shift, mean, invstd, coef[0], coef[1], coef[2],
+                              m, s, kc, c, *st, *strides(dy), *strides(dx), BLOCK_R=br,
+                              BLOCK_C=bc)  # fmt: skip
+    return dx, dweight, dbias

@@ -41,17 +41,15 @@ def kernels_available(device: torch.device | str) -> str | None:
     return f"its Triton kernels need a CUDA device, not {device}"
 
 
-def _affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
-    """scale and shift of y = x * scale + shift; the backward pass recomputes them, bit for
-    bit, to test x as the forward did."""
-    scale = weight.float() * invstd
-    return scale, bias.float() - mean * scale
+def _dense(t: Tensor) -> Tensor:
+    """``t`` as the kernels index (K, C) values: contiguous float32 (itself if it is)."""
+    return t.detach().float().contiguous()
 
 
 class _BNReLU(torch.autograd.Function):
     """relu(batch_norm(x)) in training mode for x (K, N, C, H, W) and weight, bias and
-    running statistics (K, C): K independent batch norms. Outputs y, and the batch mean and
-    1/sqrt(var + eps) (K, C), which are not differentiable."""
+    running statistics (K, C): K independent batch norms. Outputs y, and the per-channel
+    mean, invstd, scale and shift (4, K, C), which are not differentiable."""
 
     @staticmethod
     def forward(x, weight, bias, running_mean, running_var, eps, momentum):
@@ -64,33 +62,28 @@ class _BNReLU(torch.autograd.Function):
                 f"batch norm needs more than 1 value per channel in training, got input "
                 f"shape {tuple(x.shape[1:])}"
             )
-        mean, var = kern.stats(x)
-        invstd = torch.rsqrt(var + eps)
-        scale, shift = _affine(weight, bias, mean, invstd)
-        y = kern.forward(x, scale.reshape(-1), shift.reshape(-1))
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = (var * (m / (m - 1))).to(running_var.dtype)
-            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-        return y, mean, invstd
+        stats = [_dense(running_mean), _dense(running_var)]
+        y, channel = kern.forward(x, _dense(weight), _dense(bias), *stats, eps, momentum)
+        for buffer, new in zip((running_mean, running_var), stats, strict=True):
+            if new.data_ptr() != buffer.data_ptr():  # updated in a copy: written back
+                buffer.copy_(new)
+        return y, channel
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs[:3]
-        _, mean, invstd = output
-        ctx.mark_non_differentiable(mean, invstd)
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        x, weight = inputs[:2]
+        _, channel = output
+        ctx.mark_non_differentiable(channel)
+        ctx.save_for_backward(x, weight, channel)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, _dmean, _dinvstd):
+    def backward(ctx, dy, _dchannel):
         from . import _bn_relu_triton as kern
 
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        scale, shift = _affine(weight, bias, mean, invstd)
-        dx, dweight, dbias = kern.backward(dy, kern.laid_out(x), weight, scale, shift, mean,
-                                           invstd)  # fmt: skip
-        return dx, dweight, dbias, None, None, None, None
+        x, weight, channel = ctx.saved_tensors
+        dx, dweight, dbias = kern.backward(dy, kern.laid_out(x), _dense(weight), channel)
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias, running_mean, running_var, eps, momentum):
@@ -109,8 +102,9 @@ class _BNReLU(torch.autograd.Function):
 
         args = [members(t, d) for t, d in zip((x, weight, bias, running_mean, running_var),
                                               in_dims[:5], strict=True)]  # fmt: skip
-        out = _BNReLU.apply(*args, eps, momentum)
-        return tuple(o.unflatten(0, (info.batch_size, -1)) for o in out), (0, 0, 0)
+        y, channel = _BNReLU.apply(*args, eps, momentum)
+        return (y.unflatten(0, (info.batch_size, -1)),
+                channel.unflatten(1, (info.batch_size, -1))), (0, 1)  # fmt: skip
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):
@@ -131,7 +125,7 @@ class BatchNormReLU2d(nn.BatchNorm2d):
         if why is not None:
             raise RuntimeError(f"BatchNormReLU2d: {why}; build the model without fused_bn_relu")
         self.num_batches_tracked.add_(1)
-        y, _, _ = _BNReLU.apply(
+        y, _ = _BNReLU.apply(
             x.unsqueeze(0),
             self.weight.unsqueeze(0),
             self.bias.unsqueeze(0),
