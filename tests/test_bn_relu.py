@@ -191,6 +191,9 @@ def _child() -> dict:
     kern.FINISH = real_finish
     res["wrn"] = _wrn_case()
     res["offset"] = _offset_case()
+    from dissecting_adam.bench.bn_layer import time_bn_relu
+
+    res["bench"] = time_bn_relu("cpu", shape=(4, 8, 4, 4), repeats=2, copy_mib=1)
     return res
 
 
@@ -264,6 +267,17 @@ def test_variance_of_offset_data(cases):
     assert case["var"] <= 1e-3, case  # 4 digits where the one-pass formula keeps none
     assert case["naive"] > 0.5, case
     assert case["mean"] <= 1e-3 and case["running_mean"] == 0.0, case
+
+
+def test_gpu_check_times_the_layer_both_ways(cases):
+    """The GPU check's layer table runs (interpreted here: the figures mean nothing)."""
+    rows = cases["bench"]
+    assert [(r["layout"], r["dtype"]) for r in rows] == [
+        ("nhwc", "float32"), ("nhwc", "bfloat16"), ("nchw", "float32")
+    ]  # fmt: skip
+    for r in rows:
+        assert r["eager_ms"] > 0 and r["fused_ms"] > 0 and r["fused_vs_copy"] > 0, r
+        assert r["speed_up"] == pytest.approx(r["eager_ms"] / r["fused_ms"])
 
 
 # --- settings: no kernels needed ------------------------------------------------------

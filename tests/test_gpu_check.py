@@ -143,6 +143,10 @@ def test_tiny_check_times_every_setting_and_names_the_machine(tiny_check):
     step = next(s for s in doc["sections"] if s["name"] == "problem_step")
     assert any("whole-step CUDA graphs skipped: whole-step CUDA graphs need a CUDA" in n
                for n in step["notes"])  # fmt: skip
+    assert (
+        "batch norm + ReLU layer skipped: its Triton kernels need a CUDA device, not cpu"
+        in (step["notes"])
+    )
     projection = next(s for s in doc["sections"] if s["name"] == "projection")
     titles = " ".join(t["title"] for t in projection["tables"])
     assert "fp32/tf32, the fastest setting" in titles and "bf16 autocast" in titles

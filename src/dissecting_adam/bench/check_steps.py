@@ -1,6 +1,7 @@
 """Section 3 of the GPU check: one training step of every problem under each setting of
 ``step_settings.SETTINGS`` (the WRN-40-4 table first), each with its TFLOP/s against the
-matmul peaks measured here; whole-step CUDA graphs of P1 and P4 (and of a P1 group) where
+matmul peaks measured here; WRN-40-4's batch norm + ReLU layer eager against its fused
+kernels (CUDA); whole-step CUDA graphs of P1 and P4 (and of a P1 group) where
 the runner offers them; and the compiled steps last, each under its own time cap (a compile
 slower than its cap is a row that says so).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..protocol.batching import AUTO_MEMBERS
+from .bn_layer import BYTES_PASSES, SHAPE, time_bn_relu
 from .config import CheckConfig
 from .data import load_for_timing
 from .recommend import loss_difference
@@ -99,8 +101,29 @@ def steps_section(cfg: CheckConfig, ctx: Context) -> None:
             by_setting.setdefault(name, {})[setting] = t["step"]
             eager.setdefault(name, t)  # the first, "eager", is the projection's baseline
             add(name, setting, t)
+    _bn_layer(cfg, ctx)
     _graphs(cfg, ctx, problems)
     _compiled(cfg, ctx, problems, eager, compiled, by_setting, add)
+
+
+def _bn_layer(cfg: CheckConfig, ctx: Context) -> None:
+    """WRN-40-4's batch norm + ReLU layer alone, eager against the fused Triton kernels."""
+    from ..problems.models.bn_relu import kernels_available
+
+    rows: list[dict] = []
+    shape = "x".join(map(str, SHAPE))
+    title = (f"Batch norm + ReLU, one layer forward and backward at {shape} "
+             "(`problem.fused_bn_relu`), eager against the fused Triton kernels; the fused "
+             f"layer's {BYTES_PASSES} activation passes per second against a copy's")  # fmt: skip
+    ctx.table(title, rows)
+    why = kernels_available(cfg.device)
+    if why is not None or ctx.out_of_time():
+        ctx.note(f"batch norm + ReLU layer skipped: {why or 'out of time'}")
+        return
+    try:
+        rows.extend(time_bn_relu(cfg.device))
+    except Exception as err:  # the kernels' failure is a row, the check goes on
+        rows.append({"status": _error(err)})
 
 
 def _graphs(cfg: CheckConfig, ctx: Context, problems: dict) -> None:
