@@ -27,6 +27,9 @@ from dissecting_adam.problems.models.bn_relu import BatchNormReLU2d
 from dissecting_adam.problems.models.wrn import WideResNet
 
 SHAPE = (3, 5, 4, 3)  # N, C, H, W: M = 36 rows (5 tiles of 8, the last of 4), 5 channels
+#: Images and channels that split into whole tiles: the kernels' ALIGNED path (contiguous
+#: offsets), taken for tiles of at least 16 values here (64 in use).
+ALIGNED_SHAPE = (2, 4, 4, 4)
 STEPS = 3  # calls in training mode: running statistics accumulate
 
 
@@ -47,16 +50,17 @@ def _pair(channels: int, gen: torch.Generator) -> tuple[nn.Module, nn.Module]:
     return fused, eager
 
 
-def _module_case(layout: str, dtype: torch.dtype, offset: float = 0.5, spread: float = 2.0):
+def _module_case(layout: str, dtype: torch.dtype, offset: float = 0.5, spread: float = 2.0,
+                 shape=SHAPE):  # fmt: skip
     """``STEPS`` forward and backward passes of a fused module and the float64 eager pair."""
     gen = torch.Generator().manual_seed(1)
-    fused, eager = _pair(SHAPE[1], gen)
+    fused, eager = _pair(shape[1], gen)
     out = {"y": 0.0, "dx": 0.0, "dweight": 0.0, "dbias": 0.0}
     for _ in range(STEPS):
-        x = (torch.randn(SHAPE, generator=gen) * spread + offset).to(dtype)
+        x = (torch.randn(shape, generator=gen) * spread + offset).to(dtype)
         if layout == "nhwc":
             x = x.contiguous(memory_format=torch.channels_last)
-        dy = torch.randn(SHAPE, generator=gen).to(dtype)
+        dy = torch.randn(shape, generator=gen).to(dtype)
         xf, xe = x.clone().requires_grad_(), x.double().requires_grad_()
         yf = fused(xf)
         ye = torch.relu(eager(xe))
@@ -74,12 +78,12 @@ def _module_case(layout: str, dtype: torch.dtype, offset: float = 0.5, spread: f
     out["running_var"] = _err(fused.running_var, eager.running_var) / float(eager.running_var.max())
     out["batches"] = [int(fused.num_batches_tracked), int(eager.num_batches_tracked)]
     fused.eval(), eager.eval()
-    x = torch.randn(SHAPE, generator=gen)
+    x = torch.randn(shape, generator=gen)
     out["eval"] = _err(fused(x), torch.relu(eager.float()(x)))
     return out
 
 
-def _group_case(members: int = 3) -> dict:
+def _group_case(members: int = 3, channels: int = 5, size: tuple = (4, 3)) -> dict:
     """K members under vmap (stacked parameters and buffers) against each member alone."""
     from torch.func import functional_call, stack_module_state, vmap
 
@@ -88,15 +92,16 @@ def _group_case(members: int = 3) -> dict:
     for _ in range(members):
         torch.manual_seed(len(singles))
         # No conv bias: batch norm cancels it, and its gradient is rounding noise around 0.
-        net = nn.Sequential(nn.Conv2d(2, 5, 3, padding=1, bias=False), BatchNormReLU2d(5))
+        conv = nn.Conv2d(2, channels, 3, padding=1, bias=False)
+        net = nn.Sequential(conv, BatchNormReLU2d(channels))
         with torch.no_grad():
-            net[1].weight.copy_(0.5 + torch.rand(5, generator=gen))
-            net[1].bias.copy_(torch.rand(5, generator=gen) - 0.5)
+            net[1].weight.copy_(0.5 + torch.rand(channels, generator=gen))
+            net[1].bias.copy_(torch.rand(channels, generator=gen) - 0.5)
         singles.append(net)
     stacked_nets = [copy.deepcopy(n) for n in singles]
     params, buffers = stack_module_state(stacked_nets)
     base = copy.deepcopy(singles[0]).to("meta")
-    xs = torch.randn(members, 3, 2, 4, 3, generator=gen)
+    xs = torch.randn(members, 3, 2, *size, generator=gen)
 
     def loss(p, b, x):
         return functional_call(base, {**p, **b}, (x,)).square().mean()
@@ -117,39 +122,49 @@ def _group_case(members: int = 3) -> dict:
 
 
 def _wrn_case(steps: int = 3) -> dict:
-    """WRN-10-2 on 8x8 images, fused against eager: the same initial weights, then SGD (at
-    the kernels' real tile sizes: the interpreter runs one program at a time)."""
+    """WRN-10-2 on 4x4 images, fused and eager in float32 against eager in float64: the same
+    initial weights, then SGD, at the kernels' real tile sizes (aligned tiles at 4x4, ragged
+    ones at 2x2 and 1x1). A batch norm over 4 values (1x1, batch 4) amplifies rounding, so
+    each float32 model's distance from float64 is reported, not a fixed tolerance."""
     gen = torch.Generator().manual_seed(3)
-    torch.manual_seed(0)
-    eager = WideResNet(10, 2, 7)
-    torch.manual_seed(0)
-    fused = WideResNet(10, 2, 7, fused_bn_relu=True)
-
-    def pairs():
-        return zip(eager.state_dict().values(), fused.state_dict().values(), strict=True)
-
-    out = {"same_init": all(torch.equal(a, b) for a, b in pairs())}
-    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, fused)]
-    out["loss"], out["grad"] = [], []
+    models = {}
+    for name, fused in (("wide", False), ("eager", False), ("fused", True)):
+        torch.manual_seed(0)
+        models[name] = WideResNet(10, 2, 7, fused_bn_relu=fused)
+    models["wide"].double()
+    keys = [list(m.state_dict()) for m in models.values()]
+    twins = zip(models["eager"].state_dict().values(), models["fused"].state_dict().values(),
+                strict=True)  # fmt: skip
+    out = {"same_init": keys[0] == keys[1] == keys[2] and all(torch.equal(a, b) for a, b in twins)}
+    opts = {n: torch.optim.SGD(m.parameters(), lr=0.05) for n, m in models.items()}
+    for name in ("eager", "fused"):
+        out[name] = {"loss": 0.0, "grad": 0.0}
     for _ in range(steps):
-        x = torch.randn(4, 3, 8, 8, generator=gen)
+        x = torch.randn(4, 3, 4, 4, generator=gen)
         y = torch.randint(0, 7, (4,), generator=gen)
-        losses = []
-        for model, opt in zip((eager, fused), opts, strict=True):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            losses.append(loss)
-        out["loss"].append(abs(float(losses[1] - losses[0])) / float(losses[0]))
-        params = zip(eager.parameters(), fused.parameters(), strict=True)
-        out["grad"].append(max(_err(pf.grad, pe.grad) / max(float(pe.grad.abs().max()), 1e-12)
-                               for pe, pf in params))  # fmt: skip
-        for opt in opts:
+        losses = {}
+        for name, model in models.items():
+            opts[name].zero_grad()
+            inputs = x.double() if name == "wide" else x
+            losses[name] = nn.functional.cross_entropy(model(inputs), y)
+            losses[name].backward()
+        wide = list(models["wide"].parameters())
+        for name in ("eager", "fused"):
+            rec = out[name]
+            rec["loss"] = max(rec["loss"], abs(float(losses[name] - losses["wide"])))
+            for p, q in zip(models[name].parameters(), wide, strict=True):
+                rec["grad"] = max(rec["grad"], _err(p.grad, q.grad) / float(q.grad.abs().max()))
+        for opt in opts.values():
             opt.step()
-    out["state"] = max(_err(a.float(), b.float()) for a, b in pairs())
-    eager.eval(), fused.eval()
-    x = torch.randn(4, 3, 8, 8, generator=gen)
-    out["eval"] = _err(fused(x), eager(x))
+    x = torch.randn(4, 3, 4, 4, generator=gen)
+    for model in models.values():
+        model.eval()
+    ref = models["wide"](x.double())
+    for name in ("eager", "fused"):
+        out[name]["state"] = max(_err(a, b) for a, b in zip(
+            models[name].state_dict().values(), models["wide"].state_dict().values(),
+            strict=True))  # fmt: skip
+        out[name]["eval"] = _err(models[name](x), ref)
     return out
 
 
@@ -181,14 +196,18 @@ def _child() -> dict:
     real_tiles, real_finish = dict(kern.TILES), kern.FINISH
     kern.TILES.update(nchw=(8, 2), nhwc=(4, 4))
     kern.FINISH = (2, 2)  # the finishing kernels loop over tiles, and mask channels
+    real_min, kern.MIN_ALIGNED = kern.MIN_ALIGNED, 16
     res = {}
     for layout in ("nchw", "nhwc"):
         for dtype in (torch.float32, torch.bfloat16):
             res[f"{layout}/{dtype}"] = _module_case(layout, dtype)
     res["relu_off"] = _module_case("nchw", torch.float32, offset=-0.4, spread=0.5)
+    for layout in ("nchw", "nhwc"):
+        res[f"aligned/{layout}"] = _module_case(layout, torch.float32, shape=ALIGNED_SHAPE)
     res["group"] = _group_case()
+    res["group_aligned"] = _group_case(channels=4, size=(4, 4))
     kern.TILES.update(real_tiles)
-    kern.FINISH = real_finish
+    kern.FINISH, kern.MIN_ALIGNED = real_finish, real_min
     res["wrn"] = _wrn_case()
     res["offset"] = _offset_case()
     from dissecting_adam.bench.bn_layer import time_bn_relu
@@ -217,11 +236,13 @@ def cases(tmp_path_factory) -> dict:
     return once_per_session(tmp_path_factory, "bn_relu_cases", _interpreted_cases)
 
 
+@pytest.mark.parametrize("path", ["", "aligned/"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_float32_matches_eager_batch_norm_and_relu(cases, layout):
+def test_float32_matches_eager_batch_norm_and_relu(cases, layout, path):
     """Output, the three gradients and the running statistics over 3 training calls, in
-    the input's memory order; evaluation mode is the eager code itself."""
-    case = cases[f"{layout}/torch.float32"]
+    the input's memory order, with ragged tiles and with aligned ones; evaluation mode is
+    the eager code itself."""
+    case = cases[f"{path}{layout}" if path else f"{layout}/torch.float32"]
     for name in ("y", "dx", "dweight", "dbias", "running_mean", "running_var"):
         assert case[name] <= 1e-5, (name, case)  # float32 against float64: measured <= 1e-6
     assert case["batches"] == [STEPS, STEPS] and case["same_layout"], case
@@ -246,20 +267,23 @@ def test_most_values_below_zero(cases):
     assert max(case[n] for n in ("y", "dx", "dweight", "dbias")) <= 1e-5, case
 
 
-def test_vmap_group_matches_each_member_alone(cases):
+@pytest.mark.parametrize("name", ["group", "group_aligned"])
+def test_vmap_group_matches_each_member_alone(cases, name):
     """Three members with their own weights, batches and running buffers under vmap (the
-    seed-parallel groups' path) against each single model."""
-    case = cases["group"]
+    seed-parallel groups' path) against each single model; aligned tiles never straddle
+    two members."""
+    case = cases[name]
     assert case["loss"] <= 1e-5 and case["grad"] <= 1e-4 and case["buffers"] <= 1e-6, case
 
 
 def test_wrn_trains_as_its_eager_twin(cases):
-    """WRN-10-2: identical initial weights and state-dict keys, then three SGD steps within
-    float rounding of the eager model (measured: loss 1e-7 relative, gradients 2e-6)."""
+    """WRN-10-2: identical initial weights and state-dict keys; after three SGD steps the
+    fused model is as close to the float64 model as the eager float32 one (within 4x, or
+    float32 rounding where both are exact to it)."""
     case = cases["wrn"]
     assert case["same_init"], case
-    assert max(case["loss"]) <= 1e-5 and max(case["grad"]) <= 1e-4, case
-    assert case["state"] <= 1e-5 and case["eval"] <= 1e-5, case
+    for what, floor in (("loss", 1e-6), ("grad", 1e-5), ("state", 1e-6), ("eval", 1e-6)):
+        assert case["fused"][what] <= 4 * case["eager"][what] + floor, (what, case)
 
 
 def test_variance_of_offset_data(cases):
