@@ -394,3 +394,31 @@ def test_gpu_check_script_starts():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0 and "--budget-s" in out.stdout, out.stderr
+
+
+def test_a_failing_setting_is_its_row_and_the_others_are_timed(tmp_path, monkeypatch):
+    """A setting that raises (a kernel that does not compile on this GPU) is a row with the
+    error; the settings after it are still timed. Only the baseline, eager, stops the
+    problem."""
+    from dissecting_adam.bench import check_steps
+    from dissecting_adam.bench.config import CheckConfig
+    from dissecting_adam.bench.sections import Context
+    from dissecting_adam.bench.step_settings import SETTINGS
+    from dissecting_adam.bench.timing import Deadline
+
+    def fake_time_steps(problem, device, setting, *args, **kwargs):
+        if setting == SETTINGS["channels_last"]:
+            raise RuntimeError("no kernel image for this device")
+        return {"step": 0.01, "first_step": 0.02, "first_loss": 1.0, "measured": 5,
+                "peak_memory_mib": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(check_steps, "ORDER", ("fmnist_2c2d",))
+    monkeypatch.setattr(check_steps, "time_steps", fake_time_steps)
+    monkeypatch.setattr(check_steps, "_compiled", lambda *args: None)
+    cfg = CheckConfig(device="cpu", tiny=True, out=tmp_path, root=ROOT, budget_s=60)
+    ctx = Context("problem_step", Deadline.after(60.0), 60.0, {})
+    check_steps.steps_section(cfg, ctx)
+    rows = {r["setting"]: r for r in ctx.data["rows"] if r.get("problem") == "fmnist_2c2d"}
+    assert rows["channels_last"]["status"] == "RuntimeError: no kernel image for this device"
+    assert rows["channels_last+bf16"]["status"] == "ok" and rows["eager"]["status"] == "ok"
+    assert "channels_last" not in ctx.shared["settings"]["fmnist_2c2d"]

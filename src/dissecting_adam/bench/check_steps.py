@@ -96,8 +96,14 @@ def steps_section(cfg: CheckConfig, ctx: Context) -> None:
                 if hasattr(problem.config, "fused_bn_relu"):  # one of its settings: say why
                     add(name, setting, None, f"skipped: {why}")
                 continue
-            t = time_steps(problem, device, SETTINGS[setting], s.steps, s.warmup,
-                           deadline=ctx.deadline)  # fmt: skip
+            try:
+                t = time_steps(problem, device, SETTINGS[setting], s.steps, s.warmup,
+                               deadline=ctx.deadline)  # fmt: skip
+            except Exception as err:  # a setting's failure is its row; "eager" is the baseline
+                if setting == EAGER[0]:
+                    raise
+                add(name, setting, None, _error(err))
+                continue
             by_setting.setdefault(name, {})[setting] = t["step"]
             eager.setdefault(name, t)  # the first, "eager", is the projection's baseline
             add(name, setting, t)
