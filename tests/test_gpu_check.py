@@ -133,6 +133,9 @@ def test_tiny_check_times_every_setting_and_names_the_machine(tiny_check):
     wrn = {r["setting"]: r for r in rows if r["problem"] == wrn_name}
     assert set(wrn) >= {"eager", "cudnn_benchmark", "channels_last", "channels_last+bf16"}
     assert wrn["channels_last+bf16"]["precision"] == "bf16"
+    for setting in ("cudnn_benchmark", "channels_last"):  # the first loss, against eager
+        assert wrn[setting]["loss_rel_diff"] <= 1e-5, wrn[setting]
+    assert wrn["channels_last+bf16"]["loss_rel_diff"] <= 2e-2  # bf16 products
     for fused in ("fused_bn_relu", "fused_bn_relu+bf16"):  # Triton: CUDA only, said so
         assert wrn[fused]["status"] == "skipped: its Triton kernels need a CUDA device, not cpu"
     assert not any(r["setting"].startswith("fused") for r in rows if r["problem"] != wrn_name)

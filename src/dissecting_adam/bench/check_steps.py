@@ -106,7 +106,9 @@ def steps_section(cfg: CheckConfig, ctx: Context) -> None:
                 continue
             by_setting.setdefault(name, {})[setting] = t["step"]
             eager.setdefault(name, t)  # the first, "eager", is the projection's baseline
-            add(name, setting, t)
+            row = add(name, setting, t)
+            if setting != EAGER[0]:  # the same weights and batch: the first loss agrees
+                row["loss_rel_diff"] = loss_difference(eager[name], t)
     _bn_layer(cfg, ctx)
     _graphs(cfg, ctx, problems)
     _compiled(cfg, ctx, problems, eager, compiled, by_setting, add)
