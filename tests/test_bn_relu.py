@@ -27,9 +27,8 @@ from dissecting_adam.problems.models.bn_relu import BatchNormReLU2d
 from dissecting_adam.problems.models.wrn import WideResNet
 
 SHAPE = (3, 5, 4, 3)  # N, C, H, W: M = 36 rows (5 tiles of 8, the last of 4), 5 channels
-#: Images and channels that split into whole tiles: the kernels' ALIGNED path (contiguous
-#: offsets), taken for tiles of at least 16 values here (64 in use).
-ALIGNED_SHAPE = (2, 4, 4, 4)
+#: Images and channels that split into whole tiles (no ragged edge), as WRN-40-4's do.
+WHOLE_SHAPE = (2, 4, 4, 4)
 STEPS = 3  # calls in training mode: running statistics accumulate
 
 
@@ -123,8 +122,8 @@ def _group_case(members: int = 3, channels: int = 5, size: tuple = (4, 3)) -> di
 
 def _wrn_case(steps: int = 3) -> dict:
     """WRN-10-2 on 4x4 images, fused and eager in float32 against eager in float64: the same
-    initial weights, then SGD, at the kernels' real tile sizes (aligned tiles at 4x4, ragged
-    ones at 2x2 and 1x1). A batch norm over 4 values (1x1, batch 4) amplifies rounding, so
+    initial weights, then SGD, at the kernels' real tile sizes. A batch norm over 4 values
+    (1x1 images, batch 4) amplifies rounding, so
     each float32 model's distance from float64 is reported, not a fixed tolerance."""
     gen = torch.Generator().manual_seed(3)
     models = {}
@@ -196,18 +195,17 @@ def _child() -> dict:
     real_tiles, real_finish = dict(kern.TILES), kern.FINISH
     kern.TILES.update(nchw=(8, 2), nhwc=(4, 4))
     kern.FINISH = (2, 2)  # the finishing kernels loop over tiles, and mask channels
-    real_min, kern.MIN_ALIGNED = kern.MIN_ALIGNED, 16
     res = {}
     for layout in ("nchw", "nhwc"):
         for dtype in (torch.float32, torch.bfloat16):
             res[f"{layout}/{dtype}"] = _module_case(layout, dtype)
     res["relu_off"] = _module_case("nchw", torch.float32, offset=-0.4, spread=0.5)
     for layout in ("nchw", "nhwc"):
-        res[f"aligned/{layout}"] = _module_case(layout, torch.float32, shape=ALIGNED_SHAPE)
+        res[f"whole/{layout}"] = _module_case(layout, torch.float32, shape=WHOLE_SHAPE)
     res["group"] = _group_case()
-    res["group_aligned"] = _group_case(channels=4, size=(4, 4))
+    res["group_whole"] = _group_case(channels=4, size=(4, 4))
     kern.TILES.update(real_tiles)
-    kern.FINISH, kern.MIN_ALIGNED = real_finish, real_min
+    kern.FINISH = real_finish
     res["wrn"] = _wrn_case()
     res["offset"] = _offset_case()
     from dissecting_adam.bench.bn_layer import time_bn_relu
@@ -236,12 +234,12 @@ def cases(tmp_path_factory) -> dict:
     return once_per_session(tmp_path_factory, "bn_relu_cases", _interpreted_cases)
 
 
-@pytest.mark.parametrize("path", ["", "aligned/"])
+@pytest.mark.parametrize("path", ["", "whole/"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_float32_matches_eager_batch_norm_and_relu(cases, layout, path):
     """Output, the three gradients and the running statistics over 3 training calls, in
-    the input's memory order, with ragged tiles and with aligned ones; evaluation mode is
-    the eager code itself."""
+    the input's memory order, with ragged tiles and with whole ones; evaluation mode is the
+    eager code itself."""
     case = cases[f"{path}{layout}" if path else f"{layout}/torch.float32"]
     for name in ("y", "dx", "dweight", "dbias", "running_mean", "running_var"):
         assert case[name] <= 1e-5, (name, case)  # float32 against float64: measured <= 1e-6
@@ -267,11 +265,11 @@ def test_most_values_below_zero(cases):
     assert max(case[n] for n in ("y", "dx", "dweight", "dbias")) <= 1e-5, case
 
 
-@pytest.mark.parametrize("name", ["group", "group_aligned"])
+@pytest.mark.parametrize("name", ["group", "group_whole"])
 def test_vmap_group_matches_each_member_alone(cases, name):
     """Three members with their own weights, batches and running buffers under vmap (the
-    seed-parallel groups' path) against each single model; aligned tiles never straddle
-    two members."""
+    seed-parallel groups' path) against each single model; with whole tiles, each lies
+    in one member."""
     case = cases[name]
     assert case["loss"] <= 1e-5 and case["grad"] <= 1e-4 and case["buffers"] <= 1e-6, case
 

@@ -8,11 +8,7 @@ and columns the K*C channels; a tensor is addressed through its strides (sk, sn,
 which covers contiguous (NCHW) and channels_last (NHWC) tensors, stacked or not, without a
 copy (H and W must collapse: stride(H) = W * stride(W), true for both layouts). A program
 owns a tile of BLOCK_R rows by BLOCK_C channels, shaped so that its loads are contiguous:
-long along rows in NCHW, wide along channels in NHWC. Where the positions of an image and
-the channels split into whole tiles (``ALIGNED``; WRN-40-4's 32x32, 16x16 and 8x8 images
-and 16-256 channels do), a tile lies in one image and one member, and its offsets are a
-scalar plus a range, which triton compiles to wide loads; elsewhere each element's offset
-is computed from its row and channel.
+long along rows in NCHW, wide along channels in NHWC.
 
 Forward, three launches (``forward``):
 
@@ -52,44 +48,26 @@ from torch import Tensor
 
 #: (BLOCK_R, BLOCK_C) per layout; the tests shrink them to cover the tile edges.
 TILES = {"nchw": (256, 4), "nhwc": (64, 32)}
-#: The fewest values in a tile that lies within one image and one member (ALIGNED).
-MIN_ALIGNED = 64
 #: (BLOCK_P, BLOCK_C) of the finishing kernels: tiles read per piece, channels per program.
 FINISH = (64, 32)
 
 
 @triton.jit
-def _tile(M, KC, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's rows r, channels cc and the mask of those that exist."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return r, cc, (r < M)[:, None] & (cc < KC)[None, :]
-
-
-@triton.jit
-def _offsets(r, cc, S, C, sk, sn, sc, sw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-             ALIGNED: tl.constexpr):  # fmt: skip
-    """Element offsets of the tile in a tensor of strides (sk, sn, sc, sw)."""
-    if ALIGNED:
-        # The tile lies in one image and one member: its offsets are a scalar plus a range,
-        # which triton sees as contiguous (stride 1) and loads in wide, coalesced pieces.
-        r0 = tl.program_id(0) * BLOCK_R
-        c0 = tl.program_id(1) * BLOCK_C
-        row = (r0 // S).to(tl.int64) * sn + ((r0 % S) + tl.arange(0, BLOCK_R)) * sw
-        col = (c0 // C).to(tl.int64) * sk + ((c0 % C) + tl.arange(0, BLOCK_C)) * sc
-    else:
-        row = (r // S).to(tl.int64) * sn + (r % S).to(tl.int64) * sw
-        col = (cc // C).to(tl.int64) * sk + (cc % C).to(tl.int64) * sc
+def _offsets(r, cc, S, C, sk, sn, sc, sw):
+    row = (r // S).to(tl.int64) * sn + (r % S).to(tl.int64) * sw
+    col = (cc // C).to(tl.int64) * sk + (cc % C).to(tl.int64) * sc
     return row[:, None] + col[None, :]
 
 
 @triton.jit
 def _stats_kernel(x_ptr, mean_ptr, m2_ptr, M, S, KC, C, sk, sn, sc, sw,
-                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
-    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
-    off = _offsets(r, cc, S, C, sk, sn, sc, sw, BLOCK_R, BLOCK_C, ALIGNED)
-    x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    pid_r = tl.program_id(0)
+                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (r < M)[:, None] & (cc < KC)[None, :]
+    x = tl.load(x_ptr + _offsets(r, cc, S, C, sk, sn, sc, sw), mask=mask, other=0.0)
+    x = x.to(tl.float32)
     n = tl.minimum(M - pid_r * BLOCK_R, BLOCK_R).to(tl.float32)
     mean = tl.sum(x, axis=0) / n
     d = tl.where(mask, x - mean[None, :], 0.0)
@@ -100,48 +78,47 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, M, S, KC, C, sk, sn, sc, sw,
 
 @triton.jit
 def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, M, S, KC, C,
-                    xk, xn, xc, xw, yk, yn, yc, yw, BLOCK_R: tl.constexpr,
-                    BLOCK_C: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
-    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
-    x_off = _offsets(r, cc, S, C, xk, xn, xc, xw, BLOCK_R, BLOCK_C, ALIGNED)
-    x = tl.load(x_ptr + x_off, mask=mask, other=0.0)
+                    xk, xn, xc, xw, yk, yn, yc, yw,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (r < M)[:, None] & (cc < KC)[None, :]
+    x = tl.load(x_ptr + _offsets(r, cc, S, C, xk, xn, xc, xw), mask=mask, other=0.0)
     scale = tl.load(scale_ptr + cc, mask=cc < KC, other=0.0)
     shift = tl.load(shift_ptr + cc, mask=cc < KC, other=0.0)
     z = x.to(tl.float32) * scale[None, :] + shift[None, :]
     y = tl.where(z < 0.0, 0.0, z)  # NaN fails the test and stays NaN
-    y_off = _offsets(r, cc, S, C, yk, yn, yc, yw, BLOCK_R, BLOCK_C, ALIGNED)
-    tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + _offsets(r, cc, S, C, yk, yn, yc, yw), y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, M, S, KC, C,
-               xk, xn, xc, xw, gk, gn, gc, gw,
-               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
-    """g (dy where the forward passed x on) and xhat for this program's tile, in float32."""
-    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
-    x_off = _offsets(r, cc, S, C, xk, xn, xc, xw, BLOCK_R, BLOCK_C, ALIGNED)
-    dy_off = _offsets(r, cc, S, C, gk, gn, gc, gw, BLOCK_R, BLOCK_C, ALIGNED)
-    x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0).to(tl.float32)
+def _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc, M, S, KC, C,
+               xk, xn, xc, xw, gk, gn, gc, gw):  # fmt: skip
+    """g (dy where the forward passed x on) and xhat for one tile, in float32."""
+    mask = (r < M)[:, None] & (cc < KC)[None, :]
+    x = tl.load(x_ptr + _offsets(r, cc, S, C, xk, xn, xc, xw), mask=mask, other=0.0)
+    dy = tl.load(dy_ptr + _offsets(r, cc, S, C, gk, gn, gc, gw), mask=mask, other=0.0)
+    x = x.to(tl.float32)
     scale = tl.load(scale_ptr + cc, mask=cc < KC, other=0.0)
     shift = tl.load(shift_ptr + cc, mask=cc < KC, other=0.0)
     mean = tl.load(mean_ptr + cc, mask=cc < KC, other=0.0)
     invstd = tl.load(invstd_ptr + cc, mask=cc < KC, other=0.0)
     z = x * scale[None, :] + shift[None, :]
-    g = tl.where(z > 0.0, dy, 0.0)
+    g = tl.where(z > 0.0, dy.to(tl.float32), 0.0)
     xhat = (x - mean[None, :]) * invstd[None, :]
-    return g, xhat, r, cc, mask
+    return g, xhat, mask
 
 
 @triton.jit
 def _backward_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
                           sg_ptr, sgx_ptr, M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
-                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                          ALIGNED: tl.constexpr):  # fmt: skip
-    g, xhat, r, cc, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
-                                      M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
-                                      BLOCK_R, BLOCK_C, ALIGNED)  # fmt: skip
-    pid_r = tl.program_id(0)
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    g, xhat, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc,
+                               M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw)  # fmt: skip
     tl.store(sg_ptr + pid_r * KC + cc, tl.sum(g, axis=0), mask=cc < KC)
     tl.store(sgx_ptr + pid_r * KC + cc, tl.sum(g * xhat, axis=0), mask=cc < KC)
 
@@ -149,17 +126,18 @@ def _backward_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_
 @triton.jit
 def _backward_dx_kernel(x_ptr, dy_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
                         a_ptr, b_ptr, c_ptr, M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
-                        dk, dn, dc, dw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                        ALIGNED: tl.constexpr):  # fmt: skip
-    g, xhat, r, cc, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
-                                      M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
-                                      BLOCK_R, BLOCK_C, ALIGNED)  # fmt: skip
+                        dk, dn, dc, dw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    g, xhat, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc,
+                               M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw)  # fmt: skip
     a = tl.load(a_ptr + cc, mask=cc < KC, other=0.0)
     b = tl.load(b_ptr + cc, mask=cc < KC, other=0.0)
     c = tl.load(c_ptr + cc, mask=cc < KC, other=0.0)
     dx = a[None, :] * (g - b[None, :] - xhat * c[None, :])
-    dx_off = _offsets(r, cc, S, C, dk, dn, dc, dw, BLOCK_R, BLOCK_C, ALIGNED)
-    tl.store(dx_ptr + dx_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + _offsets(r, cc, S, C, dk, dn, dc, dw), dx.to(dx_ptr.dtype.element_ty),
+             mask=mask)  # fmt: skip
 
 
 @triton.jit
@@ -187,7 +165,8 @@ def _finish_stats_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, rmean_ptr, rvar
         own = tl.load(m2_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
         m2 += tl.sum(own + dev * dev * n[:, None], axis=0)
     var = m2 / M
-    invstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    # Two blocks of one shape: div_rn gives its result the first operand's type.
+    invstd = tl.div_rn(tl.full((BLOCK_C,), 1.0, tl.float32), tl.sqrt_rn(var + eps))
     weight = tl.load(weight_ptr + cc, mask=cmask, other=0.0)
     bias = tl.load(bias_ptr + cc, mask=cmask, other=0.0)
     scale = weight * invstd
@@ -239,26 +218,12 @@ def laid_out(t: Tensor) -> Tensor:
     return t if strides(t) is not None else t.contiguous()
 
 
-def _fit(block: int, n: int) -> int:
-    """The largest power of two <= ``block`` that divides ``n``."""
-    p = 1
-    while p * 2 <= block and n % (p * 2) == 0:
-        p *= 2
-    return p
-
-
-def _grid(x: Tensor) -> tuple[int, int, int, int, tuple, tuple[int, int, bool]]:
-    """M, S, K*C, C, x's strides and the tile (BLOCK_R, BLOCK_C, ALIGNED): the layout's
-    tile, or, where images and members split into whole tiles of at least ``MIN_ALIGNED``
-    values, the largest such tile within it (contiguous loads)."""
+def _grid(x: Tensor) -> tuple[int, int, int, int, tuple, tuple[int, int]]:
     k, n, c, h, w = x.shape
     st = strides(x)
     block_r, block_c = TILES["nhwc" if st[2] == 1 and c > 1 else "nchw"]
-    s, m = h * w, n * h * w
-    fit_r, fit_c = _fit(block_r, s), _fit(block_c, c)
-    if fit_r * fit_c >= MIN_ALIGNED:
-        return m, s, k * c, c, st, (fit_r, fit_c, True)
-    return m, s, k * c, c, st, (block_r, block_c, False)
+    m = n * h * w
+    return m, h * w, k * c, c, st, (block_r, block_c)
 
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
@@ -266,13 +231,12 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
     """y = relu(batch_norm(x)) in training mode, in x's dtype and memory order, and the
     per-channel (4, K, C) float32 mean, invstd, scale and shift; x is (K, N, C, H, W) and
     weight, bias and the running statistics (K, C) float32, the latter updated in place."""
-    m, s, kc, c, st, (br, bc, aligned) = _grid(x)
-    tile = {"BLOCK_R": br, "BLOCK_C": bc, "ALIGNED": aligned}
+    m, s, kc, c, st, (br, bc) = _grid(x)
     tiles = triton.cdiv(m, br)
     part_mean = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
     grid = (tiles, triton.cdiv(kc, bc))
-    _stats_kernel[grid](x, part_mean, part_m2, m, s, kc, c, *st, **tile)
+    _stats_kernel[grid](x, part_mean, part_m2, m, s, kc, c, *st, BLOCK_R=br, BLOCK_C=bc)
     channel = torch.empty(4, *weight.shape, device=x.device, dtype=torch.float32)
     fp, fc = FINISH
     _finish_stats_kernel[(triton.cdiv(kc, fc),)](
@@ -284,7 +248,7 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
     if strides(y) is None:
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _forward_kernel[grid](x, y, channel[2], channel[3], m, s, kc, c, *st, *strides(y),
-                          **tile)  # fmt: skip
+                          BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
     return y, channel
 
 
@@ -293,15 +257,14 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor, channel: Tensor
     """dx, and the gradients of weight and bias (K, C), of y = relu(batch_norm(x)), given
     ``forward``'s per-channel values."""
     dy = laid_out(dy)
-    m, s, kc, c, st, (br, bc, aligned) = _grid(x)
-    tile = {"BLOCK_R": br, "BLOCK_C": bc, "ALIGNED": aligned}
+    m, s, kc, c, st, (br, bc) = _grid(x)
     tiles = triton.cdiv(m, br)
     grid = (tiles, triton.cdiv(kc, bc))
     part_g = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
     mean, invstd, scale, shift = channel
     _backward_sums_kernel[grid](x, dy, scale, shift, mean, invstd, part_g, part_gx, m, s, kc,
-                                c, *st, *strides(dy), **tile)  # fmt: skip
+                                c, *st, *strides(dy), BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
     dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
     coef = torch.empty(3, kc, device=x.device, dtype=torch.float32)
     fp, fc = FINISH
@@ -312,5 +275,6 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor, channel: Tensor
     if strides(dx) is None:
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _backward_dx_kernel[grid](x, dy, dx, scale, shift, mean, invstd, coef[0], coef[1], coef[2],
-                              m, s, kc, c, *st, *strides(dy), *strides(dx), **tile)  # fmt: skip
+                              m, s, kc, c, *st, *strides(dy), *strides(dx), BLOCK_R=br,
+                              BLOCK_C=bc)  # fmt: skip
     return dx, dweight, dbias
