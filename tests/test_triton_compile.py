@@ -6,8 +6,9 @@ nothing. Here each kernel, in the specialisations a run launches, goes through t
 frontend, its passes, LLVM and ptxas (shipped with triton) for ``GPUTarget("cuda", 90,
 32)`` (sm_90: H100/H200) with no GPU, as the runtime would specialise it: pointers 16-byte
 aligned, sizes divisible by 16, a stride of 1 a constant. The memory-bound batch norm
-kernels must also read x in 16-byte vectors (``ld.global.v4``), in NCHW and NHWC: they are
-as fast as their loads.
+kernels must also read x in 16-byte vectors (``ld.global.v4``), in NCHW and NHWC, and the
+optimizers' step its tensors when ``_triton._meta`` finds them aligned: memory-bound
+kernels are as fast as their loads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-VECTOR_LOAD = re.compile(r"ld\.global(?:\.\w+)*\.v4\.")
+#: A 16-byte load: four 32-bit values or two 64-bit ones.
+VECTOR_LOAD = re.compile(r"ld\.global(?:\.\w+)*\.(?:v4\.\w32|v2\.\w64) ")
+VECTOR_STORE = re.compile(r"st\.global(?:\.\w+)*\.(?:v4\.\w32|v2\.\w64) ")
 
 
 def compile_kernel(fn, const: dict, types: dict | None = None):
@@ -91,7 +94,7 @@ def test_batch_norm_finishing_kernels_compile(kernel):
 
 
 # --- the optimizers' fused step -------------------------------------------------------
-def _moments_case(method: str, dtype: str, coef_table: bool, has_m: bool = True):
+def _moments_case(method: str, dtype: str, coef_table: bool, has_m: bool = True, vec: int = 0):
     import torch
     import triton.language as tl
 
@@ -105,7 +108,7 @@ def _moments_case(method: str, dtype: str, coef_table: bool, has_m: bool = True)
              "P_TY": _triton._TL[torch_dtype], "S_TY": _triton._TL[torch_dtype],
              "ACC": _triton._TL[acc], "TINY": tiny, "SQRT_MAX": sqrt_max,
              "BLOCK": _triton.BLOCK, "CHUNK": _triton.CHUNK,
-             "IEEE": acc == torch.float32}  # fmt: skip
+             "IEEE": acc == torch.float32, "VEC": vec}  # fmt: skip
     table = {torch.float32: "*fp32", torch.float64: "*fp64"}[acc] if coef_table else "*i64"
     types = {"addr_ptr": "*i64", "numel_ptr": "*i64", "chunk_ptr": "*i64", "coef_ptr": table,
              **{name: "fp32" for name in ("lr_eff", "k", "shift", "beta")}}  # fmt: skip
@@ -126,6 +129,33 @@ def test_optimizer_kernel_compiles_for_every_method(method, coef_table):
 @pytest.mark.parametrize("dtype", ["bf16", "fp64"])
 def test_optimizer_kernel_compiles_for_16_and_64_bit_parameters(dtype):
     assert ".target sm_90" in _moments_case("msvag", dtype, dtype == "fp64").asm["ptx"]
+
+
+@pytest.mark.parametrize("dtype, vec", [("fp32", 4), ("bf16", 8), ("fp64", 2)])
+def test_optimizer_kernel_reads_16_byte_vectors_when_told_it_may(dtype, vec):
+    """Aligned tensors whose sizes are whole vectors (``_triton._meta`` decides): p, g, m~
+    and v~ are read and written 16 bytes at a time; otherwise one value at a time."""
+    wide = _moments_case("msvag", dtype, False, vec=vec).asm["ptx"]
+    narrow = _moments_case("msvag", dtype, False, vec=0).asm["ptx"]
+    assert len(VECTOR_LOAD.findall(wide)) >= 4, dtype  # p, g, m~, v~
+    assert VECTOR_STORE.search(wide), dtype
+    assert not VECTOR_LOAD.search(narrow)
+
+
+def test_wide_accesses_are_chosen_only_when_every_tensor_allows_them():
+    import torch
+
+    from dissecting_adam.optim import _triton
+
+    def vec(shapes, dtype=torch.float32, offset=0):
+        p = [torch.zeros(n + offset, dtype=dtype)[offset:] for n in shapes]
+        g = [torch.zeros(n, dtype=dtype) for n in shapes]
+        m = [torch.zeros(n, dtype=torch.float32) for n in shapes]
+        return _triton._meta(p, g, m, [torch.zeros_like(x) for x in m], 128)[2]
+
+    assert vec([64, 8]) == 4 and vec([64, 16], torch.bfloat16) == 8
+    assert vec([64, 6]) == 0  # 6 values: not whole vectors
+    assert vec([64, 8], offset=1) == 0  # a tensor 4 bytes off 16-byte alignment
 
 
 def test_optimizer_kernel_without_momentum_compiles():

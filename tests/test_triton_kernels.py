@@ -25,6 +25,7 @@ from dissecting_adam.optim import MSVAG, _fused
 
 METHODS = ("msgd", "mssd", "msvag", "svag", "mssd_va", "mssd_erf")
 SHAPES = [(37,), (5, 13), (1,), (130,)]
+VEC_SHAPES = [(64,), (8, 16), (4,), (132,)]  # whole 16-byte vectors of float32
 SCALES = [0.0, 1e-30, 1e-20, 1.0, 1e20, 1e30]
 REF_STEPS, RTOL_REF = 50, 5e-4  # float32 kernel vs the float64 reference (measured <= 1.8e-5)
 
@@ -120,6 +121,10 @@ def _child(methods: list[str]) -> dict:
             "capturable": _rel(hard["triton_capturable"], hard["foreach"]),
             "zero_moved": bool((hard["triton"][zero] != 0).any()),
         }
+    for method in methods:  # 16-byte aligned, whole vectors: the kernel's wide accesses
+        r = _runs(method, {"reference": {}, "triton": triton}, 20, torch.float32, _random,
+                  shapes=VEC_SHAPES)  # fmt: skip
+        res[f"vec/{method}"] = {"ref": _rel(r["triton"], r["reference"], 1e-2)}
     for method in set(methods) & {"msgd", "mssd"}:
         r = _runs(method, {"reference": {}, "triton": triton, "triton_capturable": cap}, 20,
                   torch.float32, _random, beta=0.0)  # fmt: skip
@@ -191,6 +196,13 @@ def test_hard_gradients_match_the_multi_tensor_path(cases, method):
     case = cases[f"hard/{method}"]
     assert not case["zero_moved"]
     assert case["foreach"] <= 1e-4 and case["capturable"] <= 1e-4, case
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_wide_access_kernel_matches_the_reference(cases, method):
+    """Sizes in whole 16-byte vectors (``VEC`` on; test_triton_compile.py checks that it
+    makes wide loads): the same maths."""
+    assert cases[f"vec/{method}"]["ref"] <= RTOL_REF, cases[f"vec/{method}"]
 
 
 @pytest.mark.parametrize("method", ["msgd", "mssd"])

@@ -8,7 +8,9 @@ pieces. The tables depend only on the tensors' addresses and sizes, so they are 
 and cached (a step whose tensors stay where they are, as in a CUDA graph, copies nothing to
 the device). Why not a flat buffer or one launch per tensor: a flat buffer would need the
 parameters to live in it (or a copy per step), and one launch per tensor is what the
-multi-tensor path already costs.
+multi-tensor path already costs. When every tensor is 16-byte aligned and a whole number
+of 16-byte vectors long, the kernel is compiled knowing it (``VEC``) and accesses 16 bytes
+at a time; the tables cannot tell the compiler, which otherwise assumes one value.
 
 The maths are ``_engine._single_tensor``'s, in the same overflow-safe form (r =
 sqrt(v~) k / |m~| with k = sqrt(lam / c), the clamps to the smallest normal and the square
@@ -68,11 +70,15 @@ def _moments_kernel(
     METHOD: tl.constexpr, HAS_M: tl.constexpr, COEF_TABLE: tl.constexpr,
     P_TY: tl.constexpr, S_TY: tl.constexpr, ACC: tl.constexpr,
     TINY: tl.constexpr, SQRT_MAX: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
+    """``VEC``: 0, or the values in 16 bytes when every tensor of the launch is 16-byte
+    aligned and a whole number of such vectors long (``_meta``): the compiler is told so,
+    and reads and writes 16 bytes at a time instead of one value (tests/test_triton_compile.py
+    checks the ``ld.global.v4`` in the PTX)."""
     pid = tl.program_id(0)
     i = tl.load(chunk_ptr + 2 * pid)
-    start = tl.load(chunk_ptr + 2 * pid + 1)
+    start = tl.multiple_of(tl.load(chunk_ptr + 2 * pid + 1), CHUNK)  # chunks start at k CHUNK
     n = tl.load(numel_ptr + i)
     p_ptr = tl.load(addr_ptr + 4 * i).to(tl.pointer_type(P_TY))
     g_ptr = tl.load(addr_ptr + 4 * i + 1).to(tl.pointer_type(P_TY))
@@ -94,12 +100,17 @@ def _moments_kernel(
     for piece in tl.range(0, tl.minimum(n - start, CHUNK), BLOCK):  # a tensor's tail: fewer
         offs = start + piece + tl.arange(0, BLOCK)
         mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(ACC)
+        pp, gp, mp, vp = p_ptr + offs, g_ptr + offs, m_ptr + offs, v_ptr + offs
+        if VEC:  # 16-byte aligned tensors, sizes in whole vectors: say so, for wide accesses
+            mask = offs < tl.multiple_of(n, VEC)
+            pp, gp = tl.multiple_of(pp, 16), tl.multiple_of(gp, 16)
+            mp, vp = tl.multiple_of(mp, 16), tl.multiple_of(vp, 16)
+        g = tl.load(gp, mask=mask, other=0.0).to(ACC)
+        p = tl.load(pp, mask=mask, other=0.0).to(ACC)
         if HAS_M:  # beta m~ + (1 - beta) g, as _single_tensor's mul_(beta).add_(g, 1 - beta)
-            mt = tl.load(m_ptr + offs, mask=mask, other=0.0).to(ACC) * a_beta + g * (1.0 - a_beta)
+            mt = tl.load(mp, mask=mask, other=0.0).to(ACC) * a_beta + g * (1.0 - a_beta)
             tl.store(
-                m_ptr + offs,
+                mp,
                 (_round_to(mt, S_TY) if S_TY == tl.bfloat16 else mt.to(S_TY)),
                 mask=mask,
             )
@@ -112,10 +123,10 @@ def _moments_kernel(
         elif METHOD == 1:
             p = p - a_lr * sgn
         else:
-            vt = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+            vt = tl.load(vp, mask=mask, other=0.0).to(ACC)
             vt = vt * a_beta + (1.0 - a_beta) * g * g
             tl.store(
-                v_ptr + offs,
+                vp,
                 (_round_to(vt, S_TY) if S_TY == tl.bfloat16 else vt.to(S_TY)),
                 mask=mask,
             )
@@ -149,17 +160,17 @@ def _moments_kernel(
             if METHOD == 5:
                 step = sgn * tl.erf(step)
             p = p - a_lr * step
-        tl.store(
-            p_ptr + offs, (_round_to(p, P_TY) if P_TY == tl.bfloat16 else p.to(P_TY)), mask=mask
-        )
+        tl.store(pp, (_round_to(p, P_TY) if P_TY == tl.bfloat16 else p.to(P_TY)), mask=mask)
 
 
-def _meta(p, g, m, v, chunk: int) -> tuple[Tensor, int]:
-    """The device's int64 tables (addresses, sizes, chunks) in one tensor, and the chunk count."""
+def _meta(p, g, m, v, chunk: int) -> tuple[Tensor, int, int]:
+    """The device's int64 tables (addresses, sizes, chunks) in one tensor, the chunk count,
+    and ``VEC`` (the kernel's: values per 16 bytes if every tensor allows wide accesses)."""
     cols = [p, g, m or [None] * len(p), v or [None] * len(p)]
     addresses = [0 if x is None else x.data_ptr() for row in zip(*cols, strict=True) for x in row]
     numels = [x.numel() for x in p]
-    key = (p[0].device, chunk, tuple(addresses), tuple(numels))
+    states = m or v or p
+    key = (p[0].device, p[0].dtype, states[0].dtype, chunk, tuple(addresses), tuple(numels))
     hit = _meta_cache.get(key)
     if hit is not None:
         return hit
@@ -175,7 +186,9 @@ def _meta(p, g, m, v, chunk: int) -> tuple[Tensor, int]:
     device = p[0].device
     if device.type == "cuda":  # pinned and asynchronous: a new table does not stall the host
         table = table.pin_memory().to(device, non_blocking=True)
-    _meta_cache[key] = hit = (table.to(device), len(owner))
+    vec = 16 // min(p[0].element_size(), states[0].element_size())
+    wide = all(a % 16 == 0 for a in addresses) and all(n % vec == 0 for n in numels)
+    _meta_cache[key] = hit = (table.to(device), len(owner), vec if wide else 0)
     return hit
 
 
@@ -192,7 +205,7 @@ def step(
     block, chunk = block or BLOCK, chunk or CHUNK
     if chunk % block:
         raise ValueError(f"chunk={chunk} must be a multiple of block={block}")
-    meta, n_chunks = _meta(p, g, m, v, chunk)
+    meta, n_chunks, vec = _meta(p, g, m, v, chunk)
     if n_chunks == 0:
         return
     n = len(p)
@@ -212,4 +225,5 @@ def step(
         METHOD=_CODES[method], HAS_M=m is not None, COEF_TABLE=table is not None,
         P_TY=_TL[p[0].dtype], S_TY=_TL[state[0].dtype], ACC=_TL[acc],
         TINY=tiny, SQRT_MAX=sqrt_max, BLOCK=block, CHUNK=chunk, IEEE=acc == torch.float32,
+        VEC=vec,
     )  # fmt: skip
