@@ -3,6 +3,8 @@
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,33 @@ def once_per_session(tmp_path_factory, name: str, compute):
         out = compute()
         shared.write_text(json.dumps(out))
         return out
+
+
+def interpreted(tmp_path_factory, name: str, script: str, arg_sets=((),)) -> dict:
+    """The JSON that ``script`` prints run under Triton's CPU interpreter (one child python
+    per entry of ``arg_sets``, side by side, their dicts merged), once per test session;
+    the test is skipped without triton. ``TRITON_INTERPRET=1`` must be set before triton is
+    first imported, hence the children."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("triton is not installed")
+
+    def compute() -> dict:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        children = [
+            subprocess.Popen([sys.executable, script, *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for args in arg_sets
+        ]  # fmt: skip
+        out = {}
+        for child in children:
+            stdout, stderr = child.communicate(timeout=600)
+            assert child.returncode == 0, stderr[-3000:]
+            out.update(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+
+    return once_per_session(tmp_path_factory, name, compute)
 
 
 @pytest.fixture(autouse=True)

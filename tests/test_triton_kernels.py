@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import once_per_session
+from conftest import interpreted
 
 from dissecting_adam.optim import MSVAG, _fused
 
@@ -121,10 +119,21 @@ def _child(methods: list[str]) -> dict:
             "capturable": _rel(hard["triton_capturable"], hard["foreach"]),
             "zero_moved": bool((hard["triton"][zero] != 0).any()),
         }
+    chosen, meta = [], _triton._meta
+
+    def spy(*args):  # which VEC the launches were given
+        out = meta(*args)
+        chosen.append(out[2])
+        return out
+
+    _triton._meta = spy
     for method in methods:  # 16-byte aligned, whole vectors: the kernel's wide accesses
+        chosen.clear()
         r = _runs(method, {"reference": {}, "triton": triton}, 20, torch.float32, _random,
                   shapes=VEC_SHAPES)  # fmt: skip
-        res[f"vec/{method}"] = {"ref": _rel(r["triton"], r["reference"], 1e-2)}
+        res[f"vec/{method}"] = {"ref": _rel(r["triton"], r["reference"], 1e-2),
+                                "vec": sorted(set(chosen))}  # fmt: skip
+    _triton._meta = meta
     for method in set(methods) & {"msgd", "mssd"}:
         r = _runs(method, {"reference": {}, "triton": triton, "triton_capturable": cap}, 20,
                   torch.float32, _random, beta=0.0)  # fmt: skip
@@ -138,31 +147,12 @@ def _child(methods: list[str]) -> dict:
 # --------------------------------------------------------------------------- the tests
 
 
-def _interpreted_cases() -> dict:
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(here)}
-    halves = [",".join(METHODS[i::2]) for i in range(2)]  # two children: the two cores
-    children = [
-        subprocess.Popen([sys.executable, __file__, half], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for half in halves
-    ]  # fmt: skip
-    out = {}
-    for child in children:
-        stdout, stderr = child.communicate(timeout=600)
-        assert child.returncode == 0, stderr[-3000:]
-        out.update(json.loads(stdout.strip().splitlines()[-1]))
-    return out
-
-
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict:
-    """The interpreted kernels' results, computed once per test session."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pytest.skip("triton is not installed")
-    return once_per_session(tmp_path_factory, "triton_cases", _interpreted_cases)
+    """The interpreted kernels' results, computed once per test session, by two children
+    (the two cores) each taking half of the methods."""
+    halves = [(",".join(METHODS[i::2]),) for i in range(2)]
+    return interpreted(tmp_path_factory, "triton_cases", __file__, halves)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -202,7 +192,9 @@ def test_hard_gradients_match_the_multi_tensor_path(cases, method):
 def test_wide_access_kernel_matches_the_reference(cases, method):
     """Sizes in whole 16-byte vectors (``VEC`` on; test_triton_compile.py checks that it
     makes wide loads): the same maths."""
-    assert cases[f"vec/{method}"]["ref"] <= RTOL_REF, cases[f"vec/{method}"]
+    case = cases[f"vec/{method}"]
+    assert case["vec"] == [4], case  # every launch took the wide path
+    assert case["ref"] <= RTOL_REF, case
 
 
 @pytest.mark.parametrize("method", ["msgd", "mssd"])

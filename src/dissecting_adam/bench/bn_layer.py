@@ -10,13 +10,11 @@ more (about 13 passes) and is timed, not modelled.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from .optim_step import copy_bandwidth
-from .timing import sync
+from .timing import timed
 
 #: WRN-40-4's first group at batch 128: the largest batch norm input of P3.
 SHAPE = (128, 64, 32, 32)
@@ -27,12 +25,8 @@ CASES = (("nhwc", torch.float32), ("nhwc", torch.bfloat16), ("nchw", torch.float
 def _per_call(fn, device: str, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+    _, seconds = timed(lambda: [fn() for _ in range(repeats)], device)
+    return seconds / repeats
 
 
 def time_bn_relu(device: str, shape=SHAPE, cases=CASES, repeats: int = 20,

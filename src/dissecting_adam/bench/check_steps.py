@@ -24,6 +24,7 @@ from .seed_parallel import together
 from .step_settings import (
     EAGER,
     SETTINGS,
+    applies,
     cuda_graph_support,
     gemm_peak,
     runner_step_seconds,
@@ -91,10 +92,11 @@ def steps_section(cfg: CheckConfig, ctx: Context) -> None:
         for setting in EAGER:
             if ctx.out_of_time():
                 return
-            why = unsupported(problem, SETTINGS[setting], device)
+            if not applies(problem, SETTINGS[setting]):
+                continue
+            why = unsupported(SETTINGS[setting], device)
             if why is not None:
-                if hasattr(problem.config, "fused_bn_relu"):  # one of its settings: say why
-                    add(name, setting, None, f"skipped: {why}")
+                add(name, setting, None, f"skipped: {why}")
                 continue
             try:
                 t = time_steps(problem, device, SETTINGS[setting], s.steps, s.warmup,

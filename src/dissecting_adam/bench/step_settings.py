@@ -63,12 +63,15 @@ SETTINGS = {
 EAGER = tuple(name for name, s in SETTINGS.items() if s.compile is None)
 
 
-def unsupported(problem, setting: Setting, device: str) -> str | None:
-    """Why ``setting`` cannot be timed for ``problem`` on ``device`` (None: it can)."""
+def applies(problem, setting: Setting) -> bool:
+    """Whether ``setting`` is one of ``problem``'s (fused batch norm: WRN-40-4's only)."""
+    return not setting.fused_bn_relu or hasattr(problem.config, "fused_bn_relu")
+
+
+def unsupported(setting: Setting, device: str) -> str | None:
+    """Why ``setting`` cannot be timed on ``device`` (None: it can)."""
     if not setting.fused_bn_relu:
         return None
-    if not hasattr(problem.config, "fused_bn_relu"):
-        return f"{problem.name} has no batch norm"
     from ..problems.models.bn_relu import kernels_available
 
     return kernels_available(device)

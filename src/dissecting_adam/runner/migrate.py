@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import CorruptRecord, ResultsError, RunLock, RunLocked, atomic_write_json
-from .records import config_hash, identity_version, read_identity, run_leaf, upgrade_identity
+from .records import (
+    hashed,
+    identity_version,
+    read_identity,
+    run_leaf,
+    unhashed,
+    upgrade_identity,
+)
 from .store import run_dirs
 
 OLD_IDENTITY = "identity.v1.json"
@@ -51,7 +58,7 @@ def _needs_work(folder: Path) -> bool | None:
         return None
     if identity_version(stored) == 1:
         return True
-    return folder.name != run_leaf({k: v for k, v in stored.items() if k != "config_hash"})
+    return folder.name != run_leaf(unhashed(stored))
 
 
 def unmigrated(root: Path) -> list[Path]:
@@ -66,9 +73,9 @@ def _migrate_one(folder: Path) -> Path:
     if identity_version(stored) == 1:
         new = upgrade_identity(stored)
         atomic_write_json(folder / OLD_IDENTITY, stored)
-        atomic_write_json(folder / "identity.json", {**new, "config_hash": config_hash(new)})
+        atomic_write_json(folder / "identity.json", hashed(new))
     else:
-        new = {k: v for k, v in stored.items() if k != "config_hash"}
+        new = unhashed(stored)
     target = folder.with_name(run_leaf(new))
     if target != folder:
         if target.exists():

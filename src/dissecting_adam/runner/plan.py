@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import methods
 from ..problems import PROBLEMS, load
+from .data import resolve_device
 from .spec import (
     BudgetRule,
     ConfigError,
@@ -246,10 +247,7 @@ def _check_fused_bn_relu(spec: RunSpec) -> None:
             "batch norm and ReLU; use one of them (problem.fused_bn_relu=false or "
             "train.compile=false)"
         )
-    device = spec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    why = kernels_available(device)
+    why = kernels_available(resolve_device(spec.device))
     if why is not None:
         raise ConfigError(
             f"problem.fused_bn_relu=true: {why}; use problem.fused_bn_relu=false here"

@@ -17,6 +17,16 @@ def config_hash(identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def hashed(identity: dict) -> dict:
+    """``identity`` as identity.json stores it: with its ``config_hash``."""
+    return {**identity, "config_hash": config_hash(identity)}
+
+
+def unhashed(stored: dict) -> dict:
+    """A stored identity without its ``config_hash``: the identity that was hashed."""
+    return {k: v for k, v in stored.items() if k != "config_hash"}
+
+
 def run_leaf(identity: dict) -> str:
     """A run folder's name: ``seed=<seed>-<hash>`` (the hash of ``identity``, without its
     stored ``config_hash``)."""
@@ -99,5 +109,4 @@ def metrics_digest(data: bytes) -> dict:
 
 def same_identity(stored: dict, identity: dict) -> bool:
     """Whether a stored identity.json (which also holds its hash) records ``identity``."""
-    stored = {k: v for k, v in stored.items() if k != "config_hash"}
-    return stored == json.loads(json.dumps(identity))
+    return unhashed(stored) == json.loads(json.dumps(identity))

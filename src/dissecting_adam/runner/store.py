@@ -50,6 +50,7 @@ from .files import (
 from .records import (  # noqa: F401 - config_hash, format_lr: read through store too
     config_hash,
     format_lr,
+    hashed,
     metrics_digest,
     read_identity,
     run_leaf,
@@ -205,7 +206,7 @@ class RunDir:
             for f in (self.metrics_file, self.checkpoint_file, self.previous_checkpoint_file):
                 f.unlink(missing_ok=True)
         self.summary_file.unlink(missing_ok=True)  # a restarted run is not finished
-        atomic_write_json(self.identity_file, {**identity, "config_hash": config_hash(identity)})
+        atomic_write_json(self.identity_file, hashed(identity))
         atomic_write_text(self.config_file, config_yaml)
 
     def append_metrics(self, rows: list[dict]) -> int:

@@ -41,6 +41,8 @@ kernels run only under ``TRITON_INTERPRET=1`` set before triton is first importe
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -53,6 +55,14 @@ FINISH = (64, 32)
 
 
 @triton.jit
+def _tile(M, KC, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's rows r and channels cc, and the mask of those that exist."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return r, cc, (r < M)[:, None] & (cc < KC)[None, :]
+
+
+@triton.jit
 def _offsets(r, cc, S, C, sk, sn, sc, sw):
     row = (r // S).to(tl.int64) * sn + (r % S).to(tl.int64) * sw
     col = (cc // C).to(tl.int64) * sk + (cc % C).to(tl.int64) * sc
@@ -62,12 +72,10 @@ def _offsets(r, cc, S, C, sk, sn, sc, sw):
 @triton.jit
 def _stats_kernel(x_ptr, mean_ptr, m2_ptr, M, S, KC, C, sk, sn, sc, sw,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (r < M)[:, None] & (cc < KC)[None, :]
+    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
     x = tl.load(x_ptr + _offsets(r, cc, S, C, sk, sn, sc, sw), mask=mask, other=0.0)
     x = x.to(tl.float32)
+    pid_r = tl.program_id(0)
     n = tl.minimum(M - pid_r * BLOCK_R, BLOCK_R).to(tl.float32)
     mean = tl.sum(x, axis=0) / n
     d = tl.where(mask, x - mean[None, :], 0.0)
@@ -80,10 +88,7 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, M, S, KC, C, sk, sn, sc, sw,
 def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, M, S, KC, C,
                     xk, xn, xc, xw, yk, yn, yc, yw,
                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (r < M)[:, None] & (cc < KC)[None, :]
+    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
     x = tl.load(x_ptr + _offsets(r, cc, S, C, xk, xn, xc, xw), mask=mask, other=0.0)
     scale = tl.load(scale_ptr + cc, mask=cc < KC, other=0.0)
     shift = tl.load(shift_ptr + cc, mask=cc < KC, other=0.0)
@@ -93,10 +98,12 @@ def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, M, S, KC, C,
 
 
 @triton.jit
-def _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc, M, S, KC, C,
-               xk, xn, xc, xw, gk, gn, gc, gw):  # fmt: skip
-    """g (dy where the forward passed x on) and xhat for one tile, in float32."""
-    mask = (r < M)[:, None] & (cc < KC)[None, :]
+def _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, M, S, KC, C,
+               xk, xn, xc, xw, gk, gn, gc, gw,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """This program's tile: g (dy where the forward passed x on) and xhat in float32, its
+    rows, channels and mask."""
+    r, cc, mask = _tile(M, KC, BLOCK_R, BLOCK_C)
     x = tl.load(x_ptr + _offsets(r, cc, S, C, xk, xn, xc, xw), mask=mask, other=0.0)
     dy = tl.load(dy_ptr + _offsets(r, cc, S, C, gk, gn, gc, gw), mask=mask, other=0.0)
     x = x.to(tl.float32)
@@ -107,18 +114,17 @@ def _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc,
     z = x * scale[None, :] + shift[None, :]
     g = tl.where(z > 0.0, dy.to(tl.float32), 0.0)
     xhat = (x - mean[None, :]) * invstd[None, :]
-    return g, xhat, mask
+    return g, xhat, r, cc, mask
 
 
 @triton.jit
 def _backward_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
                           sg_ptr, sgx_ptr, M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    g, xhat, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc,
-                               M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw)  # fmt: skip
+    g, xhat, r, cc, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
+                                      M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
+                                      BLOCK_R, BLOCK_C)  # fmt: skip
+    pid_r = tl.program_id(0)
     tl.store(sg_ptr + pid_r * KC + cc, tl.sum(g, axis=0), mask=cc < KC)
     tl.store(sgx_ptr + pid_r * KC + cc, tl.sum(g * xhat, axis=0), mask=cc < KC)
 
@@ -127,17 +133,21 @@ def _backward_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_
 def _backward_dx_kernel(x_ptr, dy_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
                         a_ptr, b_ptr, c_ptr, M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
                         dk, dn, dc, dw, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
-    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    g, xhat, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, r, cc,
-                               M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw)  # fmt: skip
+    g, xhat, r, cc, mask = _grad_tile(x_ptr, dy_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
+                                      M, S, KC, C, xk, xn, xc, xw, gk, gn, gc, gw,
+                                      BLOCK_R, BLOCK_C)  # fmt: skip
     a = tl.load(a_ptr + cc, mask=cc < KC, other=0.0)
     b = tl.load(b_ptr + cc, mask=cc < KC, other=0.0)
     c = tl.load(c_ptr + cc, mask=cc < KC, other=0.0)
     dx = a[None, :] * (g - b[None, :] - xhat * c[None, :])
     tl.store(dx_ptr + _offsets(r, cc, S, C, dk, dn, dc, dw), dx.to(dx_ptr.dtype.element_ty),
              mask=mask)  # fmt: skip
+
+
+@triton.jit
+def _parts(ptr, p, cc, KC, mask):
+    """Rows ``p`` (tiles) of a (tiles, KC) table of per-tile values, at channels ``cc``."""
+    return tl.load(ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -152,18 +162,15 @@ def _finish_stats_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, rmean_ptr, rvar
         p = p0 + tl.arange(0, BLOCK_P)
         n = tl.where(p == P - 1, last, rows)
         mask = (p < P)[:, None] & cmask[None, :]
-        part = tl.load(mean_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
-        total += tl.sum(part * n[:, None], axis=0)
+        total += tl.sum(_parts(mean_ptr, p, cc, KC, mask) * n[:, None], axis=0)
     mean = total / M
     m2 = tl.zeros((BLOCK_C,), tl.float32)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         n = tl.where(p == P - 1, last, rows)
         mask = (p < P)[:, None] & cmask[None, :]
-        part = tl.load(mean_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
-        dev = tl.where(mask, part - mean[None, :], 0.0)
-        own = tl.load(m2_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0)
-        m2 += tl.sum(own + dev * dev * n[:, None], axis=0)
+        dev = tl.where(mask, _parts(mean_ptr, p, cc, KC, mask) - mean[None, :], 0.0)
+        m2 += tl.sum(_parts(m2_ptr, p, cc, KC, mask) + dev * dev * n[:, None], axis=0)
     var = m2 / M
     # Two blocks of one shape: div_rn gives its result the first operand's type.
     invstd = tl.div_rn(tl.full((BLOCK_C,), 1.0, tl.float32), tl.sqrt_rn(var + eps))
@@ -193,8 +200,8 @@ def _finish_grad_kernel(sg_ptr, sgx_ptr, weight_ptr, invstd_ptr, dweight_ptr, db
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = (p < P)[:, None] & cmask[None, :]
-        sg += tl.sum(tl.load(sg_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0), 0)
-        sgx += tl.sum(tl.load(sgx_ptr + p[:, None] * KC + cc[None, :], mask=mask, other=0.0), 0)
+        sg += tl.sum(_parts(sg_ptr, p, cc, KC, mask), axis=0)
+        sgx += tl.sum(_parts(sgx_ptr, p, cc, KC, mask), axis=0)
     weight = tl.load(weight_ptr + cc, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + cc, mask=cmask, other=0.0)
     tl.store(dweight_ptr + cc, sgx, mask=cmask)
@@ -218,12 +225,46 @@ def laid_out(t: Tensor) -> Tensor:
     return t if strides(t) is not None else t.contiguous()
 
 
-def _grid(x: Tensor) -> tuple[int, int, int, int, tuple, tuple[int, int]]:
-    k, n, c, h, w = x.shape
-    st = strides(x)
-    block_r, block_c = TILES["nhwc" if st[2] == 1 and c > 1 else "nchw"]
-    m = n * h * w
-    return m, h * w, k * c, c, st, (block_r, block_c)
+class _Plan(NamedTuple):
+    """How the tile kernels cover x (K, N, C, H, W): M rows, S = H*W, K*C channels, C,
+    x's strides, the tile and the launch grid."""
+
+    m: int
+    s: int
+    kc: int
+    c: int
+    strides: tuple[int, int, int, int]
+    block_r: int
+    block_c: int
+    tiles: int
+    grid: tuple[int, int]
+
+    @classmethod
+    def of(cls, x: Tensor) -> _Plan:
+        k, n, c, h, w = x.shape
+        st = strides(x)
+        block_r, block_c = TILES["nhwc" if st[2] == 1 and c > 1 else "nchw"]
+        m, kc = n * h * w, k * c
+        tiles = triton.cdiv(m, block_r)
+        return cls(m, h * w, kc, c, st, block_r, block_c, tiles, (tiles, triton.cdiv(kc, block_c)))
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        return self.m, self.s, self.kc, self.c
+
+    def blocks(self) -> dict:
+        return {"BLOCK_R": self.block_r, "BLOCK_C": self.block_c}
+
+    def per_tile(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Two (tiles, K*C) float32 tables of per-tile values."""
+        part = torch.empty(self.tiles, self.kc, device=x.device, dtype=torch.float32)
+        return part, torch.empty_like(part)
+
+
+def _like(x: Tensor) -> Tensor:
+    """An empty tensor of x's shape and dtype, in x's memory order where the kernels can
+    address it."""
+    out = torch.empty_like(x)
+    return out if strides(out) is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
@@ -231,24 +272,22 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
     """y = relu(batch_norm(x)) in training mode, in x's dtype and memory order, and the
     per-channel (4, K, C) float32 mean, invstd, scale and shift; x is (K, N, C, H, W) and
     weight, bias and the running statistics (K, C) float32, the latter updated in place."""
-    m, s, kc, c, st, (br, bc) = _grid(x)
-    tiles = triton.cdiv(m, br)
-    part_mean = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
-    part_m2 = torch.empty_like(part_mean)
-    grid = (tiles, triton.cdiv(kc, bc))
-    _stats_kernel[grid](x, part_mean, part_m2, m, s, kc, c, *st, BLOCK_R=br, BLOCK_C=bc)
+    x = laid_out(x)
+    plan = _Plan.of(x)
+    m = plan.m
+    part_mean, part_m2 = plan.per_tile(x)
+    _stats_kernel[plan.grid](x, part_mean, part_m2, *plan.sizes(), *plan.strides, **plan.blocks())
     channel = torch.empty(4, *weight.shape, device=x.device, dtype=torch.float32)
     fp, fc = FINISH
-    _finish_stats_kernel[(triton.cdiv(kc, fc),)](
-        part_mean, part_m2, weight, bias, running_mean, running_var, channel, tiles, kc,
-        float(m), float(br), float(m - (tiles - 1) * br), eps, momentum, m / (m - 1),
+    last = m - (plan.tiles - 1) * plan.block_r
+    _finish_stats_kernel[(triton.cdiv(plan.kc, fc),)](
+        part_mean, part_m2, weight, bias, running_mean, running_var, channel, plan.tiles,
+        plan.kc, float(m), float(plan.block_r), float(last), eps, momentum, m / (m - 1),
         BLOCK_P=fp, BLOCK_C=fc,
     )  # fmt: skip
-    y = torch.empty_like(x)
-    if strides(y) is None:
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _forward_kernel[grid](x, y, channel[2], channel[3], m, s, kc, c, *st, *strides(y),
-                          BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
+    y = _like(x)
+    _forward_kernel[plan.grid](x, y, channel[2], channel[3], *plan.sizes(), *plan.strides,
+                               *strides(y), **plan.blocks())  # fmt: skip
     return y, channel
 
 
@@ -256,25 +295,22 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor, channel: Tensor
              ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """dx, and the gradients of weight and bias (K, C), of y = relu(batch_norm(x)), given
     ``forward``'s per-channel values."""
-    dy = laid_out(dy)
-    m, s, kc, c, st, (br, bc) = _grid(x)
-    tiles = triton.cdiv(m, br)
-    grid = (tiles, triton.cdiv(kc, bc))
-    part_g = torch.empty(tiles, kc, device=x.device, dtype=torch.float32)
-    part_gx = torch.empty_like(part_g)
+    x, dy = laid_out(x), laid_out(dy)
+    plan = _Plan.of(x)
+    part_g, part_gx = plan.per_tile(x)
     mean, invstd, scale, shift = channel
-    _backward_sums_kernel[grid](x, dy, scale, shift, mean, invstd, part_g, part_gx, m, s, kc,
-                                c, *st, *strides(dy), BLOCK_R=br, BLOCK_C=bc)  # fmt: skip
+    _backward_sums_kernel[plan.grid](x, dy, scale, shift, mean, invstd, part_g, part_gx,
+                                     *plan.sizes(), *plan.strides, *strides(dy),
+                                     **plan.blocks())  # fmt: skip
     dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
-    coef = torch.empty(3, kc, device=x.device, dtype=torch.float32)
+    coef = torch.empty(3, plan.kc, device=x.device, dtype=torch.float32)
     fp, fc = FINISH
-    _finish_grad_kernel[(triton.cdiv(kc, fc),)](part_g, part_gx, weight, invstd, dweight, dbias,
-                                                coef, tiles, kc, float(m), BLOCK_P=fp,
-                                                BLOCK_C=fc)  # fmt: skip
-    dx = torch.empty_like(x)
-    if strides(dx) is None:
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _backward_dx_kernel[grid](x, dy, dx, scale, shift, mean, invstd, coef[0], coef[1], coef[2],
-                              m, s, kc, c, *st, *strides(dy), *strides(dx), BLOCK_R=br,
-                              BLOCK_C=bc)  # fmt: skip
+    _finish_grad_kernel[(triton.cdiv(plan.kc, fc),)](
+        part_g, part_gx, weight, invstd, dweight, dbias, coef, plan.tiles, plan.kc,
+        float(plan.m), BLOCK_P=fp, BLOCK_C=fc,
+    )  # fmt: skip
+    dx = _like(x)
+    _backward_dx_kernel[plan.grid](x, dy, dx, scale, shift, mean, invstd, *coef, *plan.sizes(),
+                                   *plan.strides, *strides(dy), *strides(dx),
+                                   **plan.blocks())  # fmt: skip
     return dx, dweight, dbias

@@ -55,7 +55,6 @@ class _BNReLU(torch.autograd.Function):
     def forward(x, weight, bias, running_mean, running_var, eps, momentum):
         from . import _bn_relu_triton as kern
 
-        x = kern.laid_out(x)
         m = x.shape[1] * x.shape[3] * x.shape[4]
         if m < 2:
             raise ValueError(
@@ -82,7 +81,7 @@ class _BNReLU(torch.autograd.Function):
         from . import _bn_relu_triton as kern
 
         x, weight, channel = ctx.saved_tensors
-        dx, dweight, dbias = kern.backward(dy, kern.laid_out(x), _dense(weight), channel)
+        dx, dweight, dbias = kern.backward(dy, x, _dense(weight), channel)
         return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None
 
     @staticmethod

@@ -34,7 +34,6 @@ class PreActUnit(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int, projection: bool,
                  fused_bn_relu: bool = False):  # fmt: skip
         super().__init__()
-        self.fused = fused_bn_relu
         self.bn1 = _bn(in_ch, fused_bn_relu)
         self.conv1 = Conv2dSame(in_ch, out_ch, 3, stride, bias=False)
         self.bn2 = _bn(out_ch, fused_bn_relu)
@@ -47,8 +46,10 @@ class PreActUnit(nn.Module):
         out = self.conv2(self._bn_relu(self.bn2, self.conv1(pre)))
         return out + shortcut
 
-    def _bn_relu(self, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-        return bn(x) if self.fused else torch.relu(bn(x))
+    @staticmethod
+    def _bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        y = bn(x)
+        return y if isinstance(bn, BatchNormReLU2d) else torch.relu(y)
 
 
 class WideResNet(nn.Module):
